@@ -1,0 +1,50 @@
+# codeexec-operator: one entry point for humans and CI.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(VENV)/bin/pytest
+CLUSTER ?= $(CURDIR)/.cluster
+export KUBECONFIG ?= $(CLUSTER)/kubeconfig
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create the virtualenv with the operator and its dev tools
+
+.PHONY: lint
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check operator tests e2e images
+	$(VENV)/bin/mypy
+
+.PHONY: unit
+unit: venv ## tests that need no cluster (pure logic and the in-pod runners with real processes)
+	$(PYTEST) -q tests/unit tests/runner
+
+.PHONY: cluster-up
+cluster-up: ## bring up the local single-node Kubernetes (KIND=1 for kind)
+	bash e2e/cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and remove its state
+	bash e2e/cluster/down.sh
+
+.PHONY: images
+images: ## build the project's images and load them into the cluster
+	bash e2e/cluster/images.sh
+
+.PHONY: integration
+integration: venv cluster-up ## integration and end-to-end tests against the real cluster
+	$(PYTEST) -q tests/integration e2e
+
+.PHONY: test
+test: lint unit integration ## everything CI runs
