@@ -1,0 +1,108 @@
+"""Pydantic models of `CodeExecution` and `SandboxPool`, matching `crds/*.yaml`.
+
+The CRD schema rejects what it can at admission; these models parse what was admitted at the
+edge of the operator (and serve the Python client), so the inside works on typed data.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "codeexec.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Language = Literal["python", "nodejs"]
+
+MAX_CODE_BYTES = 128 * 1024
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class CodeExecutionSpec(_Model):
+    language: Language
+    code: str | None = None
+    code_b64: str | None = Field(default=None, alias="codeB64")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: int = Field(default=10, ge=1)
+    pool: str | None = None
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    max_output_bytes: int | None = Field(default=None, ge=1024)
+
+
+class ErrorInfo(_Model):
+    type: str
+    message: str = ""
+    traceback: str | None = None
+    line: int | None = None
+    column: int | None = None
+    code: str | None = None
+
+
+class ExecutionResult(_Model):
+    """Everything `outcomes.md` asks a finished execution to report."""
+
+    status: str
+    resource_limit_type: str | None = None
+    unauthorized_access_type: str | None = None
+    runtime_error_type: str | None = None
+    detail: str | None = None
+    started: bool = False
+    exit_code: int | None = None
+    signal: int | None = None
+    signal_name: str | None = None
+    return_value: Any = None
+    return_value_bytes: int | None = None
+    return_value_truncated: bool = False
+    error: ErrorInfo | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_ms: float | None = None
+    cpu_ms: float | None = None
+    peak_memory_bytes: int | None = None
+
+
+class PoolResources(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class SandboxPoolSpec(_Model):
+    language: Language
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    size: int = Field(default=2, ge=0)
+    default: bool = False
+    max_timeout_seconds: int = Field(default=300, ge=1)
+    resources: PoolResources = Field(default_factory=PoolResources)
+    runtime_class_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    allow_network: bool = False
+    scratch_size_limit: str = "64Mi"
+    max_processes: int = Field(default=256, ge=1)
+    ready_timeout_seconds: int = Field(default=120, ge=5)

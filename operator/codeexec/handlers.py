@@ -1,0 +1,129 @@
+"""Kopf wiring, and nothing else: decorators that hand events to the rooms that own them.
+
+`CodeExecution`s and `SandboxPool`s arrive through `@kopf.on.event`: the road keeps its own
+state in the resource's status (see lifecycle), so Kopf's per-handler progress, retries and
+finalizers would only add writes to the hot path without adding safety.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from codeexec import podspec, web
+from codeexec.api.models import GROUP, VERSION
+from codeexec.claim import Broker
+from codeexec.controller import Executions
+from codeexec.kube import config
+from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube
+from codeexec.kube.events import Recorder
+from codeexec.lifecycle import Runtime
+from codeexec.podcache import PodCache
+from codeexec.pool import PoolManager
+from codeexec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class State:
+    """The process-wide objects, created at startup."""
+
+    rt: Runtime
+    executions: Executions
+    tasks: list[asyncio.Task[None]]
+    web: Any
+
+
+STATE = State()
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    conn = config.load()
+    return kopf.ConnectionInfo(
+        server=conn.server,
+        ca_data=conn.ca_data,
+        insecure=conn.insecure or None,
+        certificate_data=conn.cert_data,
+        private_key_data=conn.key_data,
+        token=conn.bearer(),
+        scheme="Bearer" if conn.bearer() else None,
+        default_namespace=conn.namespace,
+    )
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.batching.batch_window = 0.01
+    settings.batching.idle_timeout = 60.0
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.scanning.disabled = True
+
+    cfg = Settings()
+    kube = Kube(config.load())
+    ns = cfg.sandbox_namespace
+    try:
+        await kube.get(NAMESPACES, ns)
+    except ApiError as err:
+        raise kopf.PermanentError(f"sandbox namespace {ns!r} is not usable: {err}") from err
+    await ensure_network_policies(kube, ns)
+    cache = PodCache(kube, ns)
+    pools = PoolManager(kube, cache, ns)
+    rt = Runtime(cfg, kube, cache, pools, Broker(kube, cache, ns), Recorder(kube))
+    STATE.rt = rt
+    STATE.executions = Executions(rt)
+    STATE.tasks = [
+        asyncio.create_task(cache.run(), name="sandbox-pod-watch"),
+        asyncio.create_task(STATE.executions.janitor.run(), name="ttl-janitor"),
+    ]
+    await pools.initial_sync()
+    await asyncio.wait_for(cache.synced.wait(), timeout=60)
+    await pools.collect_orphans()
+    STATE.web = await web.start(cfg.metrics_port, lambda: cache.synced.is_set())
+
+
+async def ensure_network_policies(kube: Kube, namespace: str) -> None:
+    for policy in podspec.network_policies(namespace):
+        name = policy["metadata"]["name"]
+        try:
+            await kube.create(NETWORK_POLICIES, policy, namespace)
+        except ApiError as err:
+            if not err.conflict:
+                raise
+            await kube.patch(NETWORK_POLICIES, name, {"spec": policy["spec"]}, namespace)
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    await STATE.executions.stop()
+    await STATE.rt.pools.stop()
+    for task in STATE.tasks:
+        task.cancel()
+    await STATE.rt.events.drain()
+    await STATE.web.cleanup()
+    await STATE.rt.kube.close()
+
+
+@kopf.on.event(GROUP, VERSION, "sandboxpools")
+async def pool_event(type: str | None, body: kopf.Body, name: str, **_: Any) -> None:
+    if type == "DELETED":
+        await STATE.rt.pools.remove(name)
+    else:
+        STATE.rt.pools.upsert(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, "codeexecutions")
+def execution_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    STATE.executions.observe(type, _plain(body))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    # Kopf's Body is a live view; the road keeps the snapshot it was started with.
+    import copy
+
+    return copy.deepcopy(dict(body))

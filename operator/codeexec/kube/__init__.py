@@ -1,0 +1,1 @@
+"""Thin async access to the Kubernetes API: connection, REST verbs, watches, attach, events."""

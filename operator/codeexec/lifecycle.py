@@ -1,0 +1,353 @@
+"""The road of one `CodeExecution`: Pending -> Running -> Succeeded | Failed.
+
+Every step that must survive a crash is written to the resource's status *before* it is acted
+on: the claimed pod and the request id are recorded before any code is sent. Running the road
+again from the top (a restarted operator) therefore resumes where it stood: a recorded pod is
+re-attached instead of claimed again, and the runner, which accepts one request in its life,
+makes a repeated send harmless. The user's code starts at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from codeexec import metrics, podspec
+from codeexec import status as st
+from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
+from codeexec.claim import Broker, NoPodInTime
+from codeexec.collect import collect
+from codeexec.deliver import deliver
+from codeexec.kube.client import CODE_EXECUTIONS, PODS, Kube
+from codeexec.kube.events import Recorder
+from codeexec.outcomes import Evidence, Outcome, Reason, classify
+from codeexec.podcache import PodCache
+from codeexec.pool import Pool, PoolManager
+from codeexec.protocol import Report, Request, new_request_id
+from codeexec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Invalid(Exception):
+    """What the CRD schema could not express: ends the execution with InvalidRequest."""
+
+
+class NotStarted(Exception):
+    """The claimed pod ended without ever starting the code: safe to run it on another pod."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    kube: Kube
+    cache: PodCache
+    pools: PoolManager
+    broker: Broker
+    events: Recorder
+
+
+@dataclass
+class Execution:
+    """The plain data the road needs, parsed once from the resource."""
+
+    body: dict[str, Any]
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+    created: float
+    spec: CodeExecutionSpec
+    code: str
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def decode_code(spec: CodeExecutionSpec) -> str:
+    if spec.code is not None:
+        return spec.code
+    try:
+        raw = base64.b64decode(spec.code_b64 or "", validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise Invalid(f"spec.codeB64 is not valid base64: {err}") from err
+    if len(raw) > MAX_CODE_BYTES:
+        raise Invalid(f"decoded code is {len(raw)} bytes; the limit is {MAX_CODE_BYTES}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Invalid(f"decoded spec.codeB64 is not UTF-8 text: {err}") from err
+
+
+def parse(body: dict[str, Any]) -> Execution:
+    meta = body["metadata"]
+    created = st.parse_timestamp(meta.get("creationTimestamp"))
+    base = {
+        "body": body,
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "generation": meta.get("generation"),
+        "created": created.timestamp() if created else time.time(),
+        "status": body.get("status") or {},
+    }
+    try:
+        spec = CodeExecutionSpec.model_validate(body.get("spec") or {})
+    except ValidationError as err:
+        raise Invalid(f"invalid spec: {err.errors()[0].get('msg')}") from err
+    code = decode_code(spec)
+    if len(code.encode()) > MAX_CODE_BYTES:
+        raise Invalid(f"code is over the {MAX_CODE_BYTES}-byte limit")
+    return Execution(spec=spec, code=code, **base)
+
+
+class Road:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        await self.rt.kube.patch_status(CODE_EXECUTIONS, ex.name, body, ex.namespace)
+        metrics.STEP.labels("status_write").observe(time.monotonic() - started)
+
+    async def run(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        try:
+            ex = parse(body)
+        except Invalid as err:
+            await self.finish_early(body, Reason.INVALID_REQUEST, str(err))
+            return
+        pool = self.rt.pools.resolve(ex.spec.language, ex.spec.pool)
+        if isinstance(pool, str):
+            await self.finish_early(body, Reason.INVALID_REQUEST, pool)
+            return
+        if ex.spec.timeout_seconds > pool.spec.max_timeout_seconds:
+            await self.finish_early(
+                body,
+                Reason.INVALID_REQUEST,
+                f"spec.timeoutSeconds {ex.spec.timeout_seconds} is over the pool "
+                f"{pool.name}'s maxTimeoutSeconds {pool.spec.max_timeout_seconds}",
+            )
+            return
+        log.debug("running %s/%s", meta["namespace"], meta["name"])
+        await self.run_valid(ex, pool)
+
+    async def finish_early(self, body: dict[str, Any], reason: Reason, message: str) -> None:
+        meta = body["metadata"]
+        created = st.parse_timestamp(meta.get("creationTimestamp"))
+        patch = st.failed_before_start(reason, message, meta.get("generation"), created)
+        await self.rt.kube.patch_status(CODE_EXECUTIONS, meta["name"], patch, meta["namespace"])
+        self.rt.events.record(body, reason.value, message, warning=True)
+        metrics.EXECUTIONS.labels(body.get("spec", {}).get("language", ""), reason.value).inc()
+
+    async def run_valid(self, ex: Execution, pool: Pool) -> None:
+        sandbox = st.Sandbox.load(ex.status.get("sandbox"))
+        attempts = sandbox.attempts if sandbox else 0
+        while True:
+            if sandbox is None:
+                try:
+                    sandbox = await self.claim(ex, pool, attempts + 1)
+                except NoPodInTime:
+                    await self.finish(
+                        ex,
+                        Outcome(
+                            Reason.POOL_EXHAUSTED,
+                            f"no warm pod of pool {pool.name} became free within "
+                            f"{int(self.rt.settings.queue_timeout_seconds)}s",
+                        ),
+                        None,
+                        started=False,
+                    )
+                    return
+            try:
+                outcome, report, extra = await self.execute(ex, pool, sandbox)
+            except NotStarted as err:
+                await self.rt.kube.delete(
+                    PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
+                )
+                attempts = sandbox.attempts
+                sandbox = None
+                if attempts >= self.rt.settings.max_attempts:
+                    await self.finish(
+                        ex,
+                        Outcome(
+                            Reason.SANDBOX_ERROR,
+                            f"{attempts} sandbox pods ended before the code could start: {err}",
+                        ),
+                        None,
+                        started=False,
+                    )
+                    return
+                log.info(
+                    "%s: pod ended before the code started (%s); claiming another", ex.ref, err
+                )
+                continue
+            await self.finish(ex, outcome, report, **extra)
+            await self.rt.kube.delete(
+                PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
+            )
+            return
+
+    async def claim(self, ex: Execution, pool: Pool, attempt: int) -> st.Sandbox:
+        await self.release_unrecorded_claims(ex)
+        waiting = asyncio.Event()
+        started = time.monotonic()
+
+        async def mark_pending() -> None:
+            await waiting.wait()
+            depth = self.rt.broker.waiting(pool.name)
+            message = f"waiting for a warm pod of pool {pool.name} ({depth} in line)"
+            await self.write_status(ex, st.pending("WaitingForPod", message, ex.generation))
+            self.rt.events.record(ex.body, "WaitingForPod", message)
+
+        marker = asyncio.create_task(mark_pending())
+        try:
+            claimed = await self.rt.broker.claim(
+                pool.name,
+                pool.template,
+                execution_uid=ex.uid,
+                execution_ref=ex.ref,
+                created=ex.created,
+                deadline=ex.created + self.rt.settings.queue_timeout_seconds
+                if attempt == 1
+                else time.time() + self.rt.settings.queue_timeout_seconds,
+                timeout_seconds=ex.spec.timeout_seconds,
+                on_wait=waiting,
+            )
+        finally:
+            if marker.done():
+                marker.result()
+            else:
+                marker.cancel()
+        metrics.STEP.labels("claim").observe(time.monotonic() - started)
+        sandbox = st.Sandbox(
+            pool=pool.name,
+            pod=claimed.pod.name,
+            pod_uid=claimed.pod.uid,
+            node=claimed.pod.node,
+            request_id=new_request_id(),
+            claimed_at=claimed.claimed_at,
+            attempts=attempt,
+        )
+        queued_ms = int(max(0.0, claimed.claimed_at.timestamp() - ex.created) * 1000)
+        metrics.QUEUE_WAIT.labels(ex.spec.language).observe(queued_ms / 1000)
+        try:
+            # The claim is recorded before any code is sent: this is what a restart resumes from.
+            await self.write_status(ex, st.running(sandbox, queued_ms, ex.generation))
+        except BaseException:
+            await self.rt.kube.delete(
+                PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
+            )
+            raise
+        self.rt.events.record(ex.body, "Claimed", f"running in sandbox pod {sandbox.pod}")
+        return sandbox
+
+    async def release_unrecorded_claims(self, ex: Execution) -> None:
+        """Pods claimed for us by a run that died before recording them never got our code."""
+        selector = f"{podspec.CLAIMED_BY_LABEL}={ex.uid}"
+        ns = self.rt.settings.sandbox_namespace
+        for pod in (await self.rt.kube.list(PODS, ns, label_selector=selector)).get("items", []):
+            log.info("%s: releasing unrecorded claim on pod %s", ex.ref, pod["metadata"]["name"])
+            await self.rt.kube.delete(PODS, pod["metadata"]["name"], ns, grace_period=0)
+
+    async def execute(
+        self, ex: Execution, pool: Pool, sandbox: st.Sandbox
+    ) -> tuple[Outcome, Report | None, dict[str, Any]]:
+        s = self.rt.settings
+        request = Request(
+            id=sandbox.request_id,
+            language=ex.spec.language,
+            code=ex.code,
+            arguments=ex.spec.arguments,
+            timeout_ms=ex.spec.timeout_seconds * 1000,
+            max_output_bytes=ex.spec.max_output_bytes or s.max_output_bytes,
+            keep_bytes=s.keep_bytes,
+        )
+        deadline = (
+            sandbox.claimed_at.timestamp()
+            + ex.spec.timeout_seconds
+            + podspec.DEADLINE_SLACK_SECONDS
+            + s.grace_seconds
+        )
+        started = time.monotonic()
+        report = await deliver(
+            self.rt.kube, self.rt.cache, s.sandbox_namespace, sandbox.pod, request, deadline
+        )
+        metrics.STEP.labels("deliver_and_run").observe(time.monotonic() - started)
+        evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
+        if report is not None and report.started:
+            return classify(_with(evidence, report=report)), report, {}
+        if report is not None and not report.started:
+            raise NotStarted(report.protocol_error or "the runner got no request")
+        pod = await collect(self.rt.kube, s.sandbox_namespace, sandbox.pod, sandbox.request_id)
+        if pod.record.report is not None and pod.record.report.started:
+            return classify(_with(evidence, report=pod.record.report)), pod.record.report, {}
+        if (
+            not pod.gone
+            and pod.terminated is not None
+            and not pod.record.started
+            and pod.terminated.reason != "OOMKilled"
+        ):
+            raise NotStarted(
+                f"pod {sandbox.pod} ended ({pod.terminated.reason}, exit "
+                f"{pod.terminated.exit_code}) before receiving the code"
+            )
+        overdue = time.time() >= deadline and pod.terminated is None and not pod.gone
+        outcome = classify(
+            _with(
+                evidence,
+                terminated=pod.terminated,
+                pod_reason=pod.reason,
+                pod_message=pod.message,
+                pod_gone=pod.gone,
+                code_started=None if pod.gone else pod.record.started,
+                operator_deadline=overdue,
+            )
+        )
+        extra: dict[str, Any] = {"started": None if pod.gone else pod.record.started}
+        if pod.terminated is not None:
+            extra["exit_code"] = pod.terminated.exit_code
+            extra["signal"] = pod.terminated.signal
+        return outcome, None, extra
+
+    async def finish(
+        self,
+        ex: Execution,
+        outcome: Outcome,
+        report: Report | None,
+        *,
+        started: bool | None = None,
+        exit_code: int | None = None,
+        signal: int | None = None,
+    ) -> None:
+        res = st.result(outcome, report, exit_code=exit_code, signal=signal, started=started)
+        created = st.parse_timestamp(ex.body["metadata"].get("creationTimestamp"))
+        await self.write_status(
+            ex, st.finished(outcome, res, created_at=created, generation=ex.generation)
+        )
+        self.rt.events.record(
+            ex.body, outcome.reason.value, outcome.message, warning=not outcome.succeeded
+        )
+        lang = ex.spec.language
+        metrics.EXECUTIONS.labels(lang, outcome.reason.value).inc()
+        metrics.END_TO_END.labels(lang).observe(max(0.0, time.time() - ex.created))
+        if report is not None and report.wall_ms is not None:
+            metrics.RUN_TIME.labels(lang).observe(report.wall_ms / 1000)
+
+
+def _with(ev: Evidence, **changes: Any) -> Evidence:
+    return replace(ev, **changes)
+
+
+def is_terminal(body: dict[str, Any]) -> bool:
+    phase = (body.get("status") or {}).get("phase")
+    return phase in (Phase.SUCCEEDED.value, Phase.FAILED.value)

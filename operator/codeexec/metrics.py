@@ -1,0 +1,44 @@
+"""Prometheus instruments, in one place."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+EXECUTIONS = Counter(
+    "codeexec_executions_total",
+    "Finished executions by language and reason",
+    ["language", "reason"],
+)
+QUEUE_WAIT = Histogram(
+    "codeexec_queue_wait_seconds",
+    "Time from creation to a claimed pod",
+    ["language"],
+    buckets=_LATENCY_BUCKETS,
+)
+RUN_TIME = Histogram(
+    "codeexec_run_seconds",
+    "Wall time of the user's code as the runner measured it",
+    ["language"],
+    buckets=_LATENCY_BUCKETS,
+)
+END_TO_END = Histogram(
+    "codeexec_end_to_end_seconds",
+    "Time from creation to the terminal status write",
+    ["language"],
+    buckets=_LATENCY_BUCKETS,
+)
+STEP = Histogram(
+    "codeexec_step_seconds",
+    "Time spent in each step of the road",
+    ["step"],
+    buckets=_LATENCY_BUCKETS,
+)
+CLAIM_CONFLICTS = Counter(
+    "codeexec_claim_conflicts_total", "Claims lost to another claimer (409) or a vanished pod"
+)
+POOL_READY = Gauge("codeexec_pool_ready_pods", "Warm pods ready to be claimed", ["pool"])
+POOL_WARMING = Gauge("codeexec_pool_warming_pods", "Warm pods not yet ready", ["pool"])
+POOL_CLAIMED = Gauge("codeexec_pool_claimed_pods", "Pods currently running an execution", ["pool"])
+IN_FLIGHT = Gauge("codeexec_executions_in_flight", "Executions being processed")

@@ -1,0 +1,253 @@
+"""How an execution ended: the reasons, their seed-contract mapping, and `classify`.
+
+Pure. The evidence is what the program cannot forge: the supervisor's report (wait status,
+its own deadline and output counters, the cgroup's OOM counter, the structured error record),
+and, when the report is missing, the container's `state.terminated` and the pod's status.
+Nothing here reads the user's stdout or stderr for meaning.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from codeexec.protocol import Report
+
+
+class Reason(StrEnum):
+    SUCCEEDED = "Succeeded"
+    SYNTAX_ERROR = "SyntaxError"
+    ENTRYPOINT_ERROR = "EntrypointError"
+    USER_EXCEPTION = "UserException"
+    RESULT_NOT_SERIALIZABLE = "ResultNotSerializable"
+    NON_ZERO_EXIT = "NonZeroExit"
+    SIGNALED = "Signaled"
+    WALL_TIMEOUT = "WallTimeout"
+    MEMORY_LIMIT = "MemoryLimit"
+    OUTPUT_LIMIT = "OutputLimit"
+    PROCESS_LIMIT = "ProcessLimit"
+    PERMISSION_DENIED = "PermissionDenied"
+    DISALLOWED_SYSCALL = "DisallowedSyscall"
+    NETWORK_BLOCKED = "NetworkBlocked"
+    INVALID_REQUEST = "InvalidRequest"
+    POOL_EXHAUSTED = "PoolExhausted"
+    SANDBOX_ERROR = "SandboxError"
+    CANCELLED = "Cancelled"
+
+
+@dataclass(frozen=True)
+class SeedClass:
+    """The original sandbox's vocabulary: `status` plus at most one sub-type."""
+
+    status: str
+    resource_limit_type: str | None = None
+    unauthorized_access_type: str | None = None
+    runtime_error_type: str | None = None
+    detail: str | None = None
+
+
+_PROGRAM_ERROR = SeedClass("program_error", runtime_error_type="nonzero_exit")
+
+SEED: dict[Reason, SeedClass] = {
+    Reason.SUCCEEDED: SeedClass("success"),
+    Reason.SYNTAX_ERROR: _PROGRAM_ERROR,
+    Reason.ENTRYPOINT_ERROR: _PROGRAM_ERROR,
+    Reason.USER_EXCEPTION: _PROGRAM_ERROR,
+    Reason.RESULT_NOT_SERIALIZABLE: _PROGRAM_ERROR,
+    Reason.NON_ZERO_EXIT: _PROGRAM_ERROR,
+    Reason.SIGNALED: SeedClass("runtime_error", runtime_error_type="signalled"),
+    Reason.WALL_TIMEOUT: SeedClass("resource_limit_exceeded", resource_limit_type="time"),
+    Reason.MEMORY_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="memory"),
+    Reason.OUTPUT_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="output"),
+    Reason.PROCESS_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="processes"),
+    Reason.PERMISSION_DENIED: SeedClass(
+        "unauthorized_access", unauthorized_access_type="file_access"
+    ),
+    Reason.DISALLOWED_SYSCALL: SeedClass(
+        "unauthorized_access", unauthorized_access_type="disallowed_syscall"
+    ),
+    Reason.NETWORK_BLOCKED: SeedClass(
+        "unauthorized_access", unauthorized_access_type="network_access"
+    ),
+    Reason.INVALID_REQUEST: SeedClass("program_runner_error", detail="invalid_request"),
+    Reason.POOL_EXHAUSTED: SeedClass("program_runner_error", detail="no_available_container"),
+    Reason.SANDBOX_ERROR: SeedClass("program_runner_error", detail="internal_error"),
+    Reason.CANCELLED: SeedClass("program_runner_error", detail="cancelled"),
+}
+
+_FILE_ACCESS_CODES = frozenset({"EACCES", "EROFS"})
+_SYSCALL_CODES = frozenset({"EPERM", "ENOSYS"})
+_NETWORK_CODES = frozenset(
+    {
+        "ECONNREFUSED",
+        "ENETUNREACH",
+        "EHOSTUNREACH",
+        "ENETDOWN",
+        "ETIMEDOUT",
+        "ENOTFOUND",
+        "EAI_AGAIN",
+        "EAI_NONAME",
+        "EAI_FAIL",
+        "EAI_NODATA",
+    }
+)
+_PROCESS_CODES = frozenset({"EAGAIN"})
+_PROCESS_SYSCALLS = frozenset({"fork", "spawn", "clone", "vfork", "uv_spawn", "pthread_create"})
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """A container's `state.terminated`, as the kubelet reported it."""
+
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    report: Report | None = None
+    # Read from the pod only when the report is missing.
+    terminated: Terminated | None = None
+    pod_reason: str | None = None
+    pod_message: str | None = None
+    pod_gone: bool = False
+    code_started: bool | None = None
+    # Our own side of the story.
+    operator_deadline: bool = False
+    cancelled: bool = False
+    network_allowed: bool = False
+    language: str = "python"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: Reason
+    message: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.reason is Reason.SUCCEEDED
+
+    @property
+    def seed(self) -> SeedClass:
+        return SEED[self.reason]
+
+
+def signal_name(number: int | None) -> str | None:
+    if number is None:
+        return None
+    try:
+        return _signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def classify(ev: Evidence) -> Outcome:
+    if ev.cancelled:
+        return Outcome(Reason.CANCELLED, "the execution was cancelled before it finished")
+    if ev.report is not None and ev.report.started:
+        return _from_report(ev.report, ev)
+    if ev.report is not None and ev.report.protocol_error:
+        return Outcome(
+            Reason.SANDBOX_ERROR, f"the runner refused the request: {ev.report.protocol_error}"
+        )
+    return _from_pod(ev)
+
+
+def _from_report(r: Report, ev: Evidence) -> Outcome:
+    error = r.result if r.result and r.result.get("kind") == "error" else None
+    if r.oom_killed or _is_memory_error(error, r, ev.language):
+        return Outcome(Reason.MEMORY_LIMIT, "the program ran out of memory")
+    if r.timed_out:
+        return Outcome(Reason.WALL_TIMEOUT, "the program ran past its time limit and was stopped")
+    if r.output_limited:
+        return Outcome(
+            Reason.OUTPUT_LIMIT, "the program's output passed the limit and it was stopped"
+        )
+    if r.signal is not None:
+        if r.signal == _signal.SIGSYS:
+            return Outcome(Reason.DISALLOWED_SYSCALL, "the program made a forbidden system call")
+        return Outcome(Reason.SIGNALED, f"the program was killed by {signal_name(r.signal)}")
+    if r.result and r.result.get("kind") == "returned":
+        if r.exit_code in (0, None):
+            return Outcome(Reason.SUCCEEDED, "main returned")
+        return Outcome(Reason.NON_ZERO_EXIT, f"the program exited with code {r.exit_code}")
+    if error is not None:
+        return _from_error(error, ev)
+    if r.exit_code:
+        return Outcome(Reason.NON_ZERO_EXIT, f"the program exited with code {r.exit_code}")
+    return Outcome(Reason.SUCCEEDED, "the program exited with code 0 before main returned")
+
+
+def _error_codes(error: dict[str, Any]) -> list[tuple[str | None, str | None, str | None]]:
+    """(type, code, syscall) of the error and each error it was raised from."""
+    chain = [error, *[c for c in error.get("causes") or [] if isinstance(c, dict)]]
+    return [(c.get("type"), c.get("code"), c.get("syscall")) for c in chain]
+
+
+def _is_memory_error(error: dict[str, Any] | None, r: Report, language: str) -> bool:
+    if error is not None and any(t == "MemoryError" for t, _, _ in _error_codes(error)):
+        return True
+    # V8 aborts when the heap limit is reached; the abort is its own, not the program's.
+    return (
+        language == "nodejs"
+        and r.signal == _signal.SIGABRT
+        and "heap out of memory" in r.stderr.text[-4096:]
+    )
+
+
+def _from_error(error: dict[str, Any], ev: Evidence) -> Outcome:
+    phase = error.get("phase")
+    err_type = error.get("type") or "Error"
+    message = str(error.get("message") or "")
+    described = f"{err_type}: {message}" if message else err_type
+    if phase == "compile":
+        where = f" at line {error['line']}" if error.get("line") else ""
+        return Outcome(Reason.SYNTAX_ERROR, f"the code does not compile{where}: {message}")
+    if phase == "entrypoint":
+        return Outcome(Reason.ENTRYPOINT_ERROR, message or "no callable main")
+    if phase == "serialize":
+        return Outcome(
+            Reason.RESULT_NOT_SERIALIZABLE, f"main returned a value that is not JSON ({err_type})"
+        )
+    for t, code, syscall in _error_codes(error):
+        if code in _PROCESS_CODES and (syscall in _PROCESS_SYSCALLS or t == "BlockingIOError"):
+            return Outcome(Reason.PROCESS_LIMIT, f"process limit reached: {described}")
+        if t == "RuntimeError" and "can't start new thread" in message:
+            return Outcome(Reason.PROCESS_LIMIT, f"thread limit reached: {described}")
+        if code in _FILE_ACCESS_CODES:
+            return Outcome(Reason.PERMISSION_DENIED, f"file access denied: {described}")
+        if code in _SYSCALL_CODES:
+            return Outcome(Reason.DISALLOWED_SYSCALL, f"operation not permitted: {described}")
+        if code in _NETWORK_CODES and not ev.network_allowed:
+            return Outcome(Reason.NETWORK_BLOCKED, f"network access blocked: {described}")
+    return Outcome(Reason.USER_EXCEPTION, described)
+
+
+def _from_pod(ev: Evidence) -> Outcome:
+    t = ev.terminated
+    if t is not None and t.reason == "OOMKilled":
+        return Outcome(Reason.MEMORY_LIMIT, "the sandbox container was OOM-killed")
+    if ev.pod_reason == "DeadlineExceeded" or ev.operator_deadline:
+        return Outcome(
+            Reason.WALL_TIMEOUT, "the program ran past its time limit and the sandbox was stopped"
+        )
+    started = {True: "after", False: "before", None: "possibly after"}[ev.code_started]
+    if ev.pod_gone:
+        return Outcome(Reason.SANDBOX_ERROR, f"the sandbox pod vanished {started} the code started")
+    if ev.pod_reason == "Evicted":
+        return Outcome(
+            Reason.SANDBOX_ERROR,
+            f"the sandbox pod was evicted {started} the code started: {ev.pod_message or ''}",
+        )
+    if t is not None:
+        return Outcome(
+            Reason.SANDBOX_ERROR,
+            f"the sandbox runner ended {started} the code started without a report "
+            f"(exit code {t.exit_code}, {t.reason or 'no reason'})",
+        )
+    return Outcome(Reason.SANDBOX_ERROR, f"the sandbox failed {started} the code started")

@@ -1,0 +1,161 @@
+"""An in-memory view of the sandbox namespace's pods, kept by one list+watch.
+
+It tells the pool keepers what exists and wakes the claimers when a pod turns ready. It is a
+hint, never an authority: claims are decided by a resourceVersion-conditioned patch against the
+API server, so a stale entry can cost a retry but never a double claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from codeexec import podspec
+from codeexec.kube.client import PODS, ApiError, Kube
+from codeexec.outcomes import Terminated
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    uid: str
+    resource_version: str
+    pool: str
+    template: str
+    state: str
+    claimed_by: str | None
+    phase: str
+    ready: bool
+    deleting: bool
+    created: datetime | None
+    start_time: str | None
+    node: str | None
+    reason: str | None
+    message: str | None
+    terminated: Terminated | None
+    waiting_reason: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed") or self.terminated is not None
+
+    @property
+    def warm_ready(self) -> bool:
+        return self.state == podspec.WARM and self.ready and not self.deleting and not self.finished
+
+
+def _ts(value: str | None) -> datetime | None:
+    from codeexec.status import parse_timestamp
+
+    return parse_timestamp(value)
+
+
+def terminated_state(pod: dict[str, Any]) -> Terminated | None:
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        if cs.get("name") != podspec.CONTAINER:
+            continue
+        t = (cs.get("state") or {}).get("terminated")
+        if t:
+            return Terminated(
+                exit_code=t.get("exitCode"),
+                signal=t.get("signal"),
+                reason=t.get("reason"),
+                message=t.get("message"),
+            )
+    return None
+
+
+def view(pod: dict[str, Any]) -> PodView:
+    meta, status = pod["metadata"], pod.get("status", {})
+    labels = meta.get("labels") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    waiting = None
+    running = False
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        running = running or "running" in state
+        if "waiting" in state:
+            waiting = state["waiting"].get("reason")
+    return PodView(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        pool=labels.get(podspec.POOL_LABEL, ""),
+        template=labels.get(podspec.TEMPLATE_LABEL, ""),
+        state=labels.get(podspec.STATE_LABEL, ""),
+        claimed_by=labels.get(podspec.CLAIMED_BY_LABEL),
+        phase=status.get("phase", "Pending"),
+        ready=conditions.get("Ready") == "True" and running,
+        deleting=bool(meta.get("deletionTimestamp")),
+        created=_ts(meta.get("creationTimestamp")),
+        start_time=status.get("startTime"),
+        node=pod.get("spec", {}).get("nodeName"),
+        reason=status.get("reason"),
+        message=status.get("message"),
+        terminated=terminated_state(pod),
+        waiting_reason=waiting,
+    )
+
+
+class PodCache:
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.pods: dict[str, PodView] = {}
+        self.synced = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def of_pool(self, pool: str) -> Iterable[PodView]:
+        return (p for p in self.pods.values() if p.pool == pool)
+
+    def apply(self, event_type: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if event_type == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = view(pod)
+        self.notify()
+
+    async def run(self) -> None:
+        selector = f"{podspec.MANAGED_BY}={podspec.OPERATOR}"
+        attempt = 0
+        while True:
+            try:
+                listing = await self.kube.list(PODS, self.namespace, label_selector=selector)
+                self.pods = {p.name: p for p in map(view, listing.get("items", []))}
+                rv = listing["metadata"]["resourceVersion"]
+                self.synced.set()
+                self.notify()
+                attempt = 0
+                while True:
+                    async for event in self.kube.watch(
+                        PODS, self.namespace, resource_version=rv, label_selector=selector
+                    ):
+                        obj = event["object"]
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        if event["type"] != "BOOKMARK":
+                            self.apply(event["type"], obj)
+            except ApiError as err:
+                if not err.gone:
+                    log.warning("sandbox pod watch failed: %s", err)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the watch must outlive any hiccup of the API server
+                log.warning("sandbox pod watch broke: %r", err)
+            attempt += 1
+            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))

@@ -1,0 +1,160 @@
+"""The hardened manifest of a warm sandbox pod, derived from its pool (pure).
+
+Every field here is a defence: no API credentials, no privileges, nothing writable but a small
+memory-backed /tmp, and a per-pod uid so that RLIMIT_NPROC and /proc permissions are per sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from codeexec.api.models import SandboxPoolSpec
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OPERATOR = "codeexec-operator"
+POOL_LABEL = "codeexec.io/pool"
+TEMPLATE_LABEL = "codeexec.io/template"
+STATE_LABEL = "codeexec.io/state"
+EGRESS_LABEL = "codeexec.io/egress"
+CLAIMED_BY_LABEL = "codeexec.io/claimed-by"
+EXECUTION_ANNOTATION = "codeexec.io/execution"
+CONTAINER = "sandbox"
+
+WARM, CLAIMED = "warm", "claimed"
+# Warm pods are recycled after a day; a claim lowers this to the execution's deadline.
+WARM_DEADLINE_SECONDS = 24 * 3600
+# Room for the runner's own SIGTERM-then-SIGKILL and report before the kubelet steps in.
+DEADLINE_SLACK_SECONDS = 5
+
+UID_MIN, UID_MAX = 100_000, 2_000_000_000
+
+
+def template_hash(spec: SandboxPoolSpec) -> str:
+    """Changes whenever a field that shapes the pod changes, so stale warm pods are replaced."""
+    shaping = spec.dump()
+    for ignored in ("size", "default", "maxTimeoutSeconds", "readyTimeoutSeconds"):
+        shaping.pop(ignored, None)
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def pod_name(pool: str) -> str:
+    return f"{pool[:40]}-{secrets.token_hex(4)}"
+
+
+def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, Any]:
+    uid = secrets.randbelow(UID_MAX - UID_MIN) + UID_MIN
+    limits = {"cpu": "1", "memory": "256Mi", "ephemeral-storage": "64Mi", **spec.resources.limits}
+    requests = {"cpu": "50m", "memory": "64Mi", **spec.resources.requests}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "activeDeadlineSeconds": WARM_DEADLINE_SECONDS,
+        "terminationGracePeriodSeconds": 0,
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": spec.image,
+                "imagePullPolicy": spec.image_pull_policy,
+                # The request arrives over attach; stdinOnce closes stdin when that session ends,
+                # so a pod can never be handed a second request.
+                "stdin": True,
+                "stdinOnce": True,
+                "tty": False,
+                "env": [
+                    {"name": "CODEEXEC_LANGUAGE", "value": spec.language},
+                    {"name": "CODEEXEC_MAX_PROCESSES", "value": str(spec.max_processes)},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+                "resources": {"limits": limits, "requests": requests},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "privileged": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+                "terminationMessagePolicy": "File",
+            }
+        ],
+        "volumes": [
+            {
+                "name": "scratch",
+                "emptyDir": {"medium": "Memory", "sizeLimit": spec.scratch_size_limit},
+            }
+        ],
+    }
+    if spec.runtime_class_name:
+        pod_spec["runtimeClassName"] = spec.runtime_class_name
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = list(spec.tolerations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(pool),
+            "namespace": namespace,
+            "labels": {
+                MANAGED_BY: OPERATOR,
+                POOL_LABEL: pool,
+                TEMPLATE_LABEL: template_hash(spec),
+                STATE_LABEL: WARM,
+                EGRESS_LABEL: "allow" if spec.allow_network else "deny",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def network_policies(namespace: str) -> list[dict[str, Any]]:
+    """Deny all ingress to sandbox pods, and all egress unless their pool allows network."""
+    base = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}
+    deny_all = {
+        **base,
+        "metadata": {"name": "codeexec-sandbox-deny-all", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {MANAGED_BY: OPERATOR}},
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+    allow_egress = {
+        **base,
+        "metadata": {"name": "codeexec-sandbox-allow-egress", "namespace": namespace},
+        "spec": {
+            "podSelector": {"matchLabels": {MANAGED_BY: OPERATOR, EGRESS_LABEL: "allow"}},
+            "policyTypes": ["Egress"],
+            "egress": [{}],
+        },
+    }
+    return [deny_all, allow_egress]
+
+
+def claim_patch(
+    execution_uid: str, execution_ref: str, resource_version: str, deadline_seconds: int
+) -> dict[str, Any]:
+    """Conditioned on resourceVersion: a 409 means another claimer won this pod."""
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": {STATE_LABEL: CLAIMED, CLAIMED_BY_LABEL: execution_uid},
+            "annotations": {EXECUTION_ANNOTATION: execution_ref},
+        },
+        "spec": {"activeDeadlineSeconds": deadline_seconds},
+    }

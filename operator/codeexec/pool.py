@@ -1,0 +1,227 @@
+"""Warm pools: keep each `SandboxPool`'s ready pods at its size.
+
+One keeper task per pool. It creates what is missing, replaces pods that are stale (template
+changed), broken (finished while warm) or slow (not ready in time), and reports counts in the
+pool's status. Failures to create are retried with backoff; the target never shrinks because of
+them. Creations are tracked until the watch sees them (the Job controller's "expectations"), so a
+lagging cache does not cause over-provisioning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from codeexec import podspec
+from codeexec.api.models import SandboxPoolSpec
+from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.podcache import PodCache, PodView
+from codeexec.status import condition
+
+log = logging.getLogger(__name__)
+
+CREATE_BURST = 8
+
+
+@dataclass
+class Pool:
+    name: str
+    spec: SandboxPoolSpec
+    generation: int = 0
+    template: str = ""
+    expected: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    last_status: dict[str, Any] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class Counts:
+    ready: int
+    warming: int
+    claimed: int
+
+
+class PoolManager:
+    def __init__(self, kube: Kube, cache: PodCache, namespace: str) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.namespace = namespace
+        self.pools: dict[str, Pool] = {}
+        self.synced = asyncio.Event()
+
+    # --- registry -----------------------------------------------------------------------------
+
+    async def initial_sync(self) -> None:
+        listing = await self.kube.list(SANDBOX_POOLS)
+        for item in listing.get("items", []):
+            self.upsert(item)
+        self.synced.set()
+
+    def upsert(self, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        try:
+            spec = SandboxPoolSpec.model_validate(body.get("spec") or {})
+        except ValueError as err:
+            log.error("SandboxPool %s has an invalid spec: %s", name, err)
+            return
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = Pool(name=name, spec=spec)
+        pool.spec = spec
+        pool.generation = int(body["metadata"].get("generation") or 0)
+        pool.template = podspec.template_hash(spec)
+        if pool.task is None or pool.task.done():
+            pool.task = asyncio.create_task(self._keep(pool), name=f"pool-keeper/{name}")
+        pool.wake.set()
+
+    async def remove(self, name: str) -> None:
+        pool = self.pools.pop(name, None)
+        if pool and pool.task:
+            pool.task.cancel()
+        for pod in list(self.cache.of_pool(name)):
+            if pod.state == podspec.WARM:
+                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+
+    def resolve(self, language: str, name: str | None) -> Pool | str:
+        """The pool for an execution, or why there is none."""
+        if name:
+            pool = self.pools.get(name)
+            if pool is None:
+                return f"SandboxPool {name!r} does not exist"
+            if pool.spec.language != language:
+                return f"SandboxPool {name!r} runs {pool.spec.language}, not {language}"
+            return pool
+        defaults = sorted(
+            (p for p in self.pools.values() if p.spec.language == language and p.spec.default),
+            key=lambda p: p.name,
+        )
+        if not defaults:
+            return f"no default SandboxPool for {language}; set spec.pool"
+        return defaults[0]
+
+    async def stop(self) -> None:
+        for pool in self.pools.values():
+            if pool.task:
+                pool.task.cancel()
+
+    # --- keeper -------------------------------------------------------------------------------
+
+    def counts(self, pool: Pool) -> Counts:
+        ready = warming = claimed = 0
+        for pod in self.cache.of_pool(pool.name):
+            if pod.state == podspec.CLAIMED:
+                claimed += 1
+            elif pod.template == pool.template and not pod.deleting and not pod.finished:
+                if pod.ready:
+                    ready += 1
+                else:
+                    warming += 1
+        return Counts(ready, warming, claimed)
+
+    def _doomed(self, pool: Pool, pod: PodView, now: float) -> str | None:
+        """Why a warm pod must go, if it must."""
+        if pod.deleting or pod.state != podspec.WARM:
+            return None
+        if pod.template != pool.template:
+            return "template changed"
+        if pod.finished:
+            return f"ended while warm ({pod.phase}, {pod.reason or 'no reason'})"
+        if not pod.ready and pod.created is not None:
+            age = now - pod.created.timestamp()
+            if age > pool.spec.ready_timeout_seconds:
+                return f"not ready after {int(age)}s ({pod.waiting_reason or pod.phase})"
+        return None
+
+    async def _keep(self, pool: Pool) -> None:
+        await self.cache.synced.wait()
+        failures = 0
+        while True:
+            pool.wake.clear()
+            try:
+                await self._reconcile(pool)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # keep the pool alive through API hiccups
+                failures += 1
+                log.warning("pool %s: reconcile failed (%d): %r", pool.name, failures, err)
+            delay = 5.0 if failures == 0 else min(30.0, 0.5 * 2**failures)
+            wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
+            wait_wake = asyncio.ensure_future(pool.wake.wait())
+            try:
+                await asyncio.wait(
+                    {wait_cache, wait_wake}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                wait_cache.cancel()
+                wait_wake.cancel()
+
+    async def _reconcile(self, pool: Pool) -> None:
+        now = time.time()
+        seen = {p.name for p in self.cache.of_pool(pool.name)}
+        # Forget expectations the watch has confirmed, or that are too old to still arrive.
+        pool.expected = {n: t for n, t in pool.expected.items() if n not in seen and now - t < 60}
+        for pod in list(self.cache.of_pool(pool.name)):
+            why = self._doomed(pool, pod, now)
+            if why:
+                log.info("pool %s: replacing pod %s: %s", pool.name, pod.name, why)
+                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+        counts = self.counts(pool)
+        missing = pool.spec.size - counts.ready - counts.warming - len(pool.expected)
+        for _ in range(max(0, min(missing, CREATE_BURST))):
+            manifest = podspec.sandbox_pod(pool.name, pool.spec, self.namespace)
+            name = manifest["metadata"]["name"]
+            pool.expected[name] = now
+            try:
+                await self.kube.create(PODS, manifest, self.namespace)
+            except ApiError:
+                pool.expected.pop(name, None)
+                raise
+        # Surplus (the pool shrank): delete the newest warm pods first, never claimed ones.
+        surplus = counts.ready + counts.warming - pool.spec.size
+        if surplus > 0:
+            warm = sorted(
+                (
+                    p
+                    for p in self.cache.of_pool(pool.name)
+                    if p.state == podspec.WARM and not p.deleting and p.template == pool.template
+                ),
+                key=lambda p: (p.ready, p.created or datetime.now(UTC)),
+            )
+            for pod in warm[:surplus]:
+                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+        await self._report(pool, self.counts(pool))
+
+    async def _report(self, pool: Pool, counts: Counts) -> None:
+        full = counts.ready >= pool.spec.size
+        status = {
+            "ready": counts.ready,
+            "warming": counts.warming,
+            "claimed": counts.claimed,
+            "templateHash": pool.template,
+            "observedGeneration": pool.generation,
+        }
+        if status == pool.last_status:
+            return
+        message = f"{counts.ready}/{pool.spec.size} warm pods ready, {counts.warming} warming"
+        body = {
+            **status,
+            "conditions": [condition("Ready", full, "Full" if full else "Warming", message)],
+        }
+        try:
+            await self.kube.patch_status(SANDBOX_POOLS, pool.name, body)
+            pool.last_status = status
+        except ApiError as err:
+            if not err.not_found:
+                raise
+
+    async def collect_orphans(self) -> None:
+        """Warm pods of pools that no longer exist."""
+        for pod in list(self.cache.pods.values()):
+            if pod.pool not in self.pools and pod.state == podspec.WARM and not pod.deleting:
+                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)

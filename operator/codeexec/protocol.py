@@ -1,0 +1,177 @@
+"""The framed request and report exchanged with the in-pod runner (docs/runner-protocol.md).
+
+Pure: bytes in, plain data out. The report is trusted only when its id equals the nonce we sent,
+so nothing the user's code prints can pass for it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL = "codeexec.io/runner/v1"
+REPORT_PREFIX = b"CXR1 "
+STARTED_PREFIX = "CXS1 "
+MAX_REPORT_BYTES = 8 * 1024 * 1024
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    language: str
+    code: str
+    arguments: dict[str, Any]
+    timeout_ms: int
+    max_output_bytes: int
+    keep_bytes: int
+
+    def encode(self) -> bytes:
+        line = json.dumps(
+            {
+                "protocol": PROTOCOL,
+                "id": self.id,
+                "language": self.language,
+                "code": self.code,
+                "arguments": self.arguments,
+                "timeoutMs": self.timeout_ms,
+                "maxOutputBytes": self.max_output_bytes,
+                "keepBytes": self.keep_bytes,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return line.encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class Stream:
+    text: str = ""
+    bytes: int = 0
+    truncated: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any) -> Stream:
+        if not isinstance(raw, dict):
+            return cls()
+        return cls(
+            text=str(raw.get("text") or ""),
+            bytes=int(raw.get("bytes") or 0),
+            truncated=bool(raw.get("truncated")),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the supervisor saw; classification happens elsewhere."""
+
+    started: bool
+    protocol_error: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    output_limited: bool = False
+    oom_killed: bool = False
+    result: dict[str, Any] | None = None
+    stdout: Stream = field(default_factory=Stream)
+    stderr: Stream = field(default_factory=Stream)
+    wall_ms: float | None = None
+    cpu_ms: float | None = None
+    max_rss_kb: int | None = None
+    cgroup_peak_bytes: int | None = None
+    compact: bool = False
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], *, compact: bool = False) -> Report:
+        exit_ = doc.get("exit") or {}
+        usage = doc.get("usage") or {}
+        result = doc.get("result")
+        return cls(
+            started=bool(doc.get("started")),
+            protocol_error=doc.get("protocolError"),
+            exit_code=_int_or_none(exit_.get("code")),
+            signal=_int_or_none(exit_.get("signal")),
+            timed_out=bool(doc.get("timedOut")),
+            output_limited=bool(doc.get("outputLimited")),
+            oom_killed=bool(doc.get("oomKilled")),
+            result=result if isinstance(result, dict) else None,
+            stdout=Stream.parse(doc.get("stdout")),
+            stderr=Stream.parse(doc.get("stderr")),
+            wall_ms=_float_or_none(usage.get("wallMs")),
+            cpu_ms=_float_or_none(usage.get("cpuMs")),
+            max_rss_kb=_int_or_none(usage.get("maxRssKb")),
+            cgroup_peak_bytes=_int_or_none(usage.get("cgroupPeakBytes")),
+            compact=compact,
+        )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def parse_report_line(line: bytes, request_id: str, *, compact: bool = False) -> Report | None:
+    """A `CXR1 {...}` line carrying our id, or None for anything else."""
+    line = line.strip()
+    if not line.startswith(REPORT_PREFIX):
+        return None
+    try:
+        doc = json.loads(line[len(REPORT_PREFIX) :])
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("id") != request_id:
+        return None
+    return Report.from_json(doc, compact=compact)
+
+
+class ReportReader:
+    """Feeds stdout chunks from the attach stream; yields the report once its line completes."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> Report | None:
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            report = parse_report_line(line, self.request_id)
+            if report is not None:
+                return report
+        if len(self._buffer) > MAX_REPORT_BYTES:
+            # Only the supervisor writes here and its line is bounded; drop runaway garbage.
+            self._buffer = b""
+        return None
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    """What the container's termination message says about the request."""
+
+    started: bool
+    report: Report | None
+
+
+def parse_termination_message(message: str | None, request_id: str) -> PodRecord:
+    if not message:
+        return PodRecord(started=False, report=None)
+    text = message.strip()
+    report = parse_report_line(text.encode(), request_id, compact=True)
+    if report is not None:
+        return PodRecord(started=report.started, report=report)
+    if text.startswith(STARTED_PREFIX):
+        try:
+            doc = json.loads(text[len(STARTED_PREFIX) :])
+        except ValueError:
+            doc = {}
+        if isinstance(doc, dict) and doc.get("id") == request_id:
+            return PodRecord(started=bool(doc.get("started", True)), report=None)
+    return PodRecord(started=False, report=None)

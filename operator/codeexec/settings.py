@@ -1,0 +1,41 @@
+"""Operator configuration, read once from the environment (the Helm chart sets it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CODEEXEC_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where sandbox pods live; tenants get no access there.
+    sandbox_namespace: str = field(
+        default_factory=lambda: _env("SANDBOX_NAMESPACE", "codeexec-sandbox")
+    )
+    # Namespaces whose CodeExecutions we serve; empty means all.
+    namespaces: tuple[str, ...] = field(
+        default_factory=lambda: tuple(n for n in _env("NAMESPACES", "").split(",") if n)
+    )
+    # How long an execution may wait for a warm pod before it fails with PoolExhausted.
+    queue_timeout_seconds: float = field(
+        default_factory=lambda: float(_env("QUEUE_TIMEOUT_SECONDS", "120"))
+    )
+    # Head of each stream kept in the status (etcd holds at most 1.5 MiB per object).
+    keep_bytes: int = field(default_factory=lambda: int(_env("KEEP_BYTES", "65536")))
+    # Default combined output after which the program is stopped (OutputLimit).
+    max_output_bytes: int = field(default_factory=lambda: int(_env("MAX_OUTPUT_BYTES", "1048576")))
+    # Pods that received no code before they failed are replaced at most this many times.
+    max_attempts: int = field(default_factory=lambda: int(_env("MAX_ATTEMPTS", "3")))
+    # Extra time the operator waits beyond the timeout before it gives up on the runner.
+    grace_seconds: float = field(default_factory=lambda: float(_env("GRACE_SECONDS", "15")))
+    metrics_port: int = field(default_factory=lambda: int(_env("METRICS_PORT", "8080")))
+    leader_election: bool = field(
+        default_factory=lambda: _env("LEADER_ELECTION", "false").lower() == "true"
+    )
+    lease_namespace: str = field(default_factory=lambda: _env("LEASE_NAMESPACE", "codeexec-system"))
+    lease_name: str = field(default_factory=lambda: _env("LEASE_NAME", "codeexec-operator"))
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)

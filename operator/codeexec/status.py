@@ -1,0 +1,202 @@
+"""What goes into `CodeExecution.status`: built from plain data, capped to fit in etcd.
+
+Pure. The lifecycle decides *when* to write; this module decides *what*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from codeexec.api.models import ErrorInfo, ExecutionResult, Phase
+from codeexec.outcomes import Outcome, Reason, signal_name
+from codeexec.protocol import Report
+
+# etcd refuses objects over 1.5 MiB; code (128 KiB) + two streams + return value + traceback
+# must stay well below that.
+MAX_RETURN_VALUE_BYTES = 256 * 1024
+MAX_TRACEBACK_CHARS = 16 * 1024
+MAX_MESSAGE_CHARS = 4 * 1024
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message[:MAX_MESSAGE_CHARS],
+        "lastTransitionTime": timestamp(now()),
+    }
+
+
+def pending(reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    return {
+        "phase": Phase.PENDING.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": [condition("Claimed", False, reason, message)],
+    }
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    pool: str
+    pod: str
+    pod_uid: str
+    node: str | None
+    request_id: str
+    claimed_at: datetime
+    attempts: int = 1
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "pod": self.pod,
+            "podUID": self.pod_uid,
+            "node": self.node,
+            "requestId": self.request_id,
+            "claimedAt": timestamp(self.claimed_at),
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def load(cls, raw: dict[str, Any] | None) -> Sandbox | None:
+        if not raw or not raw.get("pod") or not raw.get("requestId"):
+            return None
+        return cls(
+            pool=raw.get("pool", ""),
+            pod=raw["pod"],
+            pod_uid=raw.get("podUID", ""),
+            node=raw.get("node"),
+            request_id=raw["requestId"],
+            claimed_at=parse_timestamp(raw.get("claimedAt")) or now(),
+            attempts=int(raw.get("attempts") or 1),
+        )
+
+
+def running(sandbox: Sandbox, queued_ms: int, generation: int | None) -> dict[str, Any]:
+    return {
+        "phase": Phase.RUNNING.value,
+        "reason": "Running",
+        "message": f"running in pod {sandbox.pod}",
+        "observedGeneration": generation,
+        "queuedMs": queued_ms,
+        "startTime": timestamp(sandbox.claimed_at),
+        "sandbox": sandbox.dump(),
+        "conditions": [condition("Claimed", True, "PodClaimed", f"claimed pod {sandbox.pod}")],
+    }
+
+
+def _error(record: dict[str, Any] | None) -> ErrorInfo | None:
+    if not record or record.get("kind") != "error":
+        return None
+    traceback = record.get("traceback")
+    return ErrorInfo(
+        type=str(record.get("type") or "Error"),
+        message=str(record.get("message") or "")[:MAX_MESSAGE_CHARS],
+        traceback=str(traceback)[-MAX_TRACEBACK_CHARS:] if traceback else None,
+        line=record.get("line") if isinstance(record.get("line"), int) else None,
+        column=record.get("column") if isinstance(record.get("column"), int) else None,
+        code=record.get("code") if isinstance(record.get("code"), str) else None,
+    )
+
+
+def result(
+    outcome: Outcome,
+    report: Report | None,
+    *,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    started: bool | None = None,
+) -> ExecutionResult:
+    seed = outcome.seed
+    res = ExecutionResult(
+        status=seed.status,
+        resource_limit_type=seed.resource_limit_type,
+        unauthorized_access_type=seed.unauthorized_access_type,
+        runtime_error_type=seed.runtime_error_type,
+        detail=seed.detail,
+        started=bool(started if started is not None else report and report.started),
+        exit_code=exit_code,
+        signal=signal,
+        signal_name=signal_name(signal),
+    )
+    if report is None:
+        return res
+    res.exit_code = report.exit_code
+    res.signal = report.signal
+    res.signal_name = signal_name(report.signal)
+    res.error = _error(report.result)
+    res.stdout, res.stdout_bytes = report.stdout.text, report.stdout.bytes
+    res.stderr, res.stderr_bytes = report.stderr.text, report.stderr.bytes
+    res.stdout_truncated = report.stdout.truncated
+    res.stderr_truncated = report.stderr.truncated
+    res.wall_ms, res.cpu_ms = report.wall_ms, report.cpu_ms
+    peak = report.cgroup_peak_bytes or (report.max_rss_kb * 1024 if report.max_rss_kb else None)
+    res.peak_memory_bytes = peak
+    if report.result and report.result.get("kind") == "returned":
+        value = report.result.get("value")
+        size = len(json.dumps(value, separators=(",", ":")))
+        res.return_value_bytes = size
+        if size <= MAX_RETURN_VALUE_BYTES:
+            res.return_value = value
+        else:
+            res.return_value_truncated = True
+    return res
+
+
+def finished(
+    outcome: Outcome,
+    res: ExecutionResult,
+    *,
+    created_at: datetime | None,
+    generation: int | None,
+) -> dict[str, Any]:
+    completed = now()
+    duration = (completed - created_at).total_seconds() if created_at else None
+    # A merge patch cannot store null: main returning None shows as no returnValue with
+    # returnValueBytes 4 ("null").
+    body = res.dump()
+    return {
+        "phase": (Phase.SUCCEEDED if outcome.succeeded else Phase.FAILED).value,
+        "reason": outcome.reason.value,
+        "message": outcome.message[:MAX_MESSAGE_CHARS],
+        "observedGeneration": generation,
+        "completionTime": timestamp(completed),
+        "duration": f"{duration:.2f}s" if duration is not None else None,
+        "result": body,
+        "conditions": [
+            condition(
+                "Complete" if outcome.succeeded else "Failed",
+                True,
+                outcome.reason.value,
+                outcome.message,
+            )
+        ],
+    }
+
+
+def failed_before_start(
+    reason: Reason, message: str, generation: int | None, created_at: datetime | None
+) -> dict[str, Any]:
+    outcome = Outcome(reason, message)
+    return finished(
+        outcome, result(outcome, None, started=False), created_at=created_at, generation=generation
+    )

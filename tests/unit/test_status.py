@@ -1,0 +1,44 @@
+"""status: what a finished execution writes, and that it fits in etcd."""
+
+from __future__ import annotations
+
+import json
+
+from codeexec import status as st
+from codeexec.outcomes import Outcome, Reason
+from codeexec.protocol import Report, Stream
+
+
+def test_status_fits_in_etcd() -> None:
+    big = "x" * 64 * 1024
+    report = Report(
+        started=True,
+        exit_code=0,
+        result={"kind": "returned", "value": "y" * (10 * 1024 * 1024)},
+        stdout=Stream(big, 50_000_000, True),
+        stderr=Stream(big, 70_000, True),
+    )
+    outcome = Outcome(Reason.SUCCEEDED, "main returned")
+    body = st.finished(outcome, st.result(outcome, report), created_at=None, generation=1)
+    size = len(json.dumps(body))
+    assert size < 512 * 1024
+    result = body["result"]
+    assert result["returnValueTruncated"] is True and "returnValue" not in result
+    assert result["stdoutTruncated"] is True and result["stdoutBytes"] == 50_000_000
+
+
+def test_seed_fields_in_result() -> None:
+    outcome = Outcome(Reason.WALL_TIMEOUT, "too slow")
+    report = Report(started=True, signal=9, timed_out=True, stdout=Stream("partial", 7))
+    body = st.finished(outcome, st.result(outcome, report), created_at=None, generation=1)
+    assert body["phase"] == "Failed" and body["reason"] == "WallTimeout"
+    res = body["result"]
+    assert res["status"] == "resource_limit_exceeded" and res["resourceLimitType"] == "time"
+    assert res["stdout"] == "partial" and res["signalName"] == "SIGKILL"
+
+
+def test_return_value_kept() -> None:
+    outcome = Outcome(Reason.SUCCEEDED, "ok")
+    report = Report(started=True, exit_code=0, result={"kind": "returned", "value": {"a": [1]}})
+    res = st.finished(outcome, st.result(outcome, report), created_at=None, generation=1)["result"]
+    assert res["returnValue"] == {"a": [1]} and res["status"] == "success"
