@@ -35,5 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=run_operator)
+    gw = sub.add_parser("gateway", help="serve the original sandbox's HTTP API (POST /run)")
+    from codeexec.gateway import app as gateway_app
+
+    gateway_app.add_arguments(gw)
+    gw.set_defaults(func=gateway_app.main)
     args = parser.parse_args(argv)
     sys.exit(args.func(args))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from codeexec import podspec
+from codeexec import failpoints, podspec
 from codeexec.kube.attach import ERROR, STDOUT, AttachError, attach, error_status
 from codeexec.kube.client import Kube
 from codeexec.podcache import PodCache
@@ -29,6 +29,8 @@ async def _read_report(
     async with attach(kube, namespace, pod, podspec.CONTAINER, stdin=send) as session:
         if send:
             await session.send(request.encode())
+            # Give the bytes time to cross the wire: the test wants the code running, not lost.
+            asyncio.get_running_loop().call_later(0.5, failpoints.hit, failpoints.AFTER_DELIVERY)
         async for frame in session.frames():
             if frame.channel == STDOUT:
                 report = reader.feed(frame.data)

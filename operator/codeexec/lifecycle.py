@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from codeexec import metrics, podspec
+from codeexec import failpoints, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
 from codeexec.claim import Broker, NoPodInTime
@@ -162,7 +162,7 @@ class Road:
                         Outcome(
                             Reason.POOL_EXHAUSTED,
                             f"no warm pod of pool {pool.name} became free within "
-                            f"{int(self.rt.settings.queue_timeout_seconds)}s",
+                            f"{pool.spec.queue_timeout_seconds}s",
                         ),
                         None,
                         started=False,
@@ -191,6 +191,7 @@ class Road:
                     "%s: pod ended before the code started (%s); claiming another", ex.ref, err
                 )
                 continue
+            failpoints.hit(failpoints.BEFORE_STATUS)
             await self.finish(ex, outcome, report, **extra)
             await self.rt.kube.delete(
                 PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
@@ -217,9 +218,8 @@ class Road:
                 execution_uid=ex.uid,
                 execution_ref=ex.ref,
                 created=ex.created,
-                deadline=ex.created + self.rt.settings.queue_timeout_seconds
-                if attempt == 1
-                else time.time() + self.rt.settings.queue_timeout_seconds,
+                deadline=(ex.created if attempt == 1 else time.time())
+                + pool.spec.queue_timeout_seconds,
                 timeout_seconds=ex.spec.timeout_seconds,
                 on_wait=waiting,
             )
@@ -238,6 +238,7 @@ class Road:
             claimed_at=claimed.claimed_at,
             attempts=attempt,
         )
+        failpoints.hit(failpoints.AFTER_CLAIM)
         queued_ms = int(max(0.0, claimed.claimed_at.timestamp() - ex.created) * 1000)
         metrics.QUEUE_WAIT.labels(ex.spec.language).observe(queued_ms / 1000)
         try:
@@ -248,6 +249,7 @@ class Road:
                 PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
             )
             raise
+        failpoints.hit(failpoints.AFTER_RECORD)
         self.rt.events.record(ex.body, "Claimed", f"running in sandbox pod {sandbox.pod}")
         return sandbox
 

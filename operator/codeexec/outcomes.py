@@ -186,7 +186,17 @@ def _from_report(r: Report, ev: Evidence) -> Outcome:
 def _error_codes(error: dict[str, Any]) -> list[tuple[str | None, str | None, str | None]]:
     """(type, code, syscall) of the error and each error it was raised from."""
     chain = [error, *[c for c in error.get("causes") or [] if isinstance(c, dict)]]
-    return [(c.get("type"), c.get("code"), c.get("syscall")) for c in chain]
+    return [(c.get("type"), _code(c), c.get("syscall")) for c in chain]
+
+
+def _code(err: dict[str, Any]) -> str | None:
+    code = err.get("code")
+    # Python's socket timeouts carry no errno: TimeoutError("timed out") is connect's ETIMEDOUT.
+    if code is None and err.get("type") in ("TimeoutError", "timeout") and (
+        err.get("message") == "timed out"
+    ):
+        return "ETIMEDOUT"
+    return code if isinstance(code, str) else None
 
 
 def _is_memory_error(error: dict[str, Any] | None, r: Report, language: str) -> bool:

@@ -35,7 +35,13 @@ UID_MIN, UID_MAX = 100_000, 2_000_000_000
 def template_hash(spec: SandboxPoolSpec) -> str:
     """Changes whenever a field that shapes the pod changes, so stale warm pods are replaced."""
     shaping = spec.dump()
-    for ignored in ("size", "default", "maxTimeoutSeconds", "readyTimeoutSeconds"):
+    for ignored in (
+        "size",
+        "default",
+        "maxTimeoutSeconds",
+        "readyTimeoutSeconds",
+        "queueTimeoutSeconds",
+    ):
         shaping.pop(ignored, None)
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return digest[:10]

@@ -20,10 +20,6 @@ class Settings:
     namespaces: tuple[str, ...] = field(
         default_factory=lambda: tuple(n for n in _env("NAMESPACES", "").split(",") if n)
     )
-    # How long an execution may wait for a warm pod before it fails with PoolExhausted.
-    queue_timeout_seconds: float = field(
-        default_factory=lambda: float(_env("QUEUE_TIMEOUT_SECONDS", "120"))
-    )
     # Head of each stream kept in the status (etcd holds at most 1.5 MiB per object).
     keep_bytes: int = field(default_factory=lambda: int(_env("KEEP_BYTES", "65536")))
     # Default combined output after which the program is stopped (OutputLimit).

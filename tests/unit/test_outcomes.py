@@ -172,6 +172,11 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.NETWORK_BLOCKED,
     ),
     (
+        "socket timeout",
+        Evidence(report=report(exit_code=1, result=error(type_="TimeoutError", message="timed out"))),
+        Reason.NETWORK_BLOCKED,
+    ),
+    (
         "refused with network allowed",
         Evidence(
             network_allowed=True,

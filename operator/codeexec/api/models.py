@@ -106,3 +106,49 @@ class SandboxPoolSpec(_Model):
     scratch_size_limit: str = "64Mi"
     max_processes: int = Field(default=256, ge=1)
     ready_timeout_seconds: int = Field(default=120, ge=5)
+    queue_timeout_seconds: int = Field(default=120, ge=1)
+
+
+class SandboxRef(_Model):
+    pool: str | None = None
+    pod: str | None = None
+    pod_uid: str | None = Field(default=None, alias="podUID")
+    node: str | None = None
+    attempts: int | None = None
+
+
+class CodeExecutionStatus(_Model):
+    phase: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    queued_ms: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    duration: str | None = None
+    sandbox: SandboxRef | None = None
+    result: ExecutionResult | None = None
+
+
+class CodeExecution(_Model):
+    """A whole resource as the client sees it."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: CodeExecutionSpec
+    status: CodeExecutionStatus = Field(default_factory=CodeExecutionStatus)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> CodeExecution:
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta.get("uid", ""),
+            spec=CodeExecutionSpec.model_validate(body.get("spec") or {}),
+            status=CodeExecutionStatus.model_validate(body.get("status") or {}),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status.phase is not None and self.status.phase.terminal

@@ -199,6 +199,7 @@ class Kube:
         *,
         resource_version: str,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncIterator[JSON]:
         """Yield raw watch events until the server ends the stream; raises ApiError on 410."""
@@ -210,6 +211,8 @@ class Kube:
         }
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         async with self.session.get(
             self.conn.server + res.path(namespace),
             params=params,

@@ -1,0 +1,149 @@
+"""A Python client for programs and controllers: submit code, await the classified result.
+
+    async with Client() as cx:
+        done = await cx.run("def main(x):\n    return x * 2\n", arguments={"x": 5})
+        done.status.result.return_value  # 10
+
+`run_sync` does the same for code that is not async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from codeexec.api.models import API_VERSION, CodeExecution, Language
+from codeexec.kube import config
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
+
+
+class WaitTimeout(TimeoutError):
+    """The execution did not finish within the client's own wait limit."""
+
+
+class Client:
+    def __init__(self, kube: Kube | None = None, namespace: str | None = None) -> None:
+        self.kube = kube or Kube(config.load())
+        self.namespace = namespace or self.kube.conn.namespace or "default"
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.kube.close()
+
+    def manifest(
+        self,
+        code: str,
+        *,
+        language: Language = "python",
+        arguments: dict[str, Any] | None = None,
+        timeout_seconds: int | None = None,
+        pool: str | None = None,
+        name: str | None = None,
+        ttl_seconds_after_finished: int | None = None,
+        max_output_bytes: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {"language": language, "code": code, "arguments": arguments or {}}
+        optional = {
+            "timeoutSeconds": timeout_seconds,
+            "pool": pool,
+            "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+            "maxOutputBytes": max_output_bytes,
+        }
+        spec.update({k: v for k, v in optional.items() if v is not None})
+        meta: dict[str, Any] = {"name": name} if name else {"generateName": "cx-"}
+        if labels:
+            meta["labels"] = labels
+        return {"apiVersion": API_VERSION, "kind": "CodeExecution", "metadata": meta, "spec": spec}
+
+    async def submit(self, code: str, **kwargs: Any) -> CodeExecution:
+        body = await self.kube.create(
+            CODE_EXECUTIONS, self.manifest(code, **kwargs), self.namespace
+        )
+        return CodeExecution.from_body(body)
+
+    async def get(self, name: str) -> CodeExecution:
+        return CodeExecution.from_body(await self.kube.get(CODE_EXECUTIONS, name, self.namespace))
+
+    async def list(self, label_selector: str | None = None) -> list[CodeExecution]:
+        listing = await self.kube.list(
+            CODE_EXECUTIONS, self.namespace, label_selector=label_selector
+        )
+        return [CodeExecution.from_body(item) for item in listing.get("items", [])]
+
+    async def delete(self, name: str) -> None:
+        await self.kube.delete(CODE_EXECUTIONS, name, self.namespace)
+
+    async def wait(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[CodeExecution], None] | None = None,
+    ) -> CodeExecution:
+        """Watch (not poll) until the execution is terminal."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            body = await self.kube.get(CODE_EXECUTIONS, name, self.namespace)
+            current = CodeExecution.from_body(body)
+            if on_update:
+                on_update(current)
+            if current.finished:
+                return current
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"{self.namespace}/{name} still {current.status.phase}")
+            try:
+                found = await asyncio.wait_for(
+                    self._watch_until_finished(name, body, on_update), timeout=remaining
+                )
+            except TimeoutError as err:
+                raise WaitTimeout(f"{self.namespace}/{name} did not finish in time") from err
+            if found is not None:
+                return found
+
+    async def _watch_until_finished(
+        self,
+        name: str,
+        body: dict[str, Any],
+        on_update: Callable[[CodeExecution], None] | None,
+    ) -> CodeExecution | None:
+        rv = body["metadata"]["resourceVersion"]
+        try:
+            async for event in self.kube.watch(
+                CODE_EXECUTIONS,
+                self.namespace,
+                resource_version=rv,
+                field_selector=f"metadata.name={name}",
+                timeout_seconds=60,
+            ):
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    current = CodeExecution.from_body(event["object"])
+                    if on_update:
+                        on_update(current)
+                    if current.finished:
+                        return current
+                elif event["type"] == "DELETED":
+                    raise ApiError(404, {"message": f"{name} was deleted", "reason": "NotFound"})
+        except ApiError as err:
+            if not err.gone:
+                raise
+        return None  # the watch ended or expired: re-read and watch again
+
+    async def run(
+        self, code: str, *, wait_timeout: float | None = None, **kwargs: Any
+    ) -> CodeExecution:
+        created = await self.submit(code, **kwargs)
+        return await self.wait(created.name, timeout=wait_timeout)
+
+
+def run_sync(code: str, *, namespace: str | None = None, **kwargs: Any) -> CodeExecution:
+    async def _run() -> CodeExecution:
+        async with Client(namespace=namespace) as cx:
+            return await cx.run(code, **kwargs)
+
+    return asyncio.run(_run())

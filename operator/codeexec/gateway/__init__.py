@@ -1,0 +1,1 @@
+"""A drop-in for the original sandbox's HTTP API, backed by `CodeExecution`s."""

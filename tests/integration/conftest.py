@@ -1,0 +1,173 @@
+"""The operator, running as a real process against the real local cluster.
+
+Session-wide: the CRDs, the sandbox namespace, default pools for both languages and one
+operator process. Tests that kill the operator use `operator.restart()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e.fixtures import REPO_ROOT, Cluster, wait_for
+
+from codeexec.client import Client
+from codeexec.kube import config
+from codeexec.kube.client import Kube
+
+SANDBOX_NS = "codeexec-sandbox"
+PYTHON_IMAGE = "codeexec.local/python-sandbox:dev"
+NODEJS_IMAGE = "codeexec.local/nodejs-sandbox:dev"
+METRICS_PORT = 18080
+
+
+def pool_manifest(name: str, language: str, **spec: Any) -> dict[str, Any]:
+    image = PYTHON_IMAGE if language == "python" else NODEJS_IMAGE
+    return {
+        "apiVersion": "codeexec.io/v1alpha1",
+        "kind": "SandboxPool",
+        "metadata": {"name": name},
+        "spec": {
+            "language": language,
+            "image": image,
+            "resources": {"limits": {"cpu": "1", "memory": "256Mi"}},
+            **spec,
+        },
+    }
+
+
+class OperatorProcess:
+    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, failpoints: str = "") -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "CODEEXEC_SANDBOX_NAMESPACE": SANDBOX_NS,
+            "CODEEXEC_METRICS_PORT": str(METRICS_PORT),
+            "CODEEXEC_FAILPOINTS": failpoints,
+        }
+        log = self.log_path.open("ab")
+        log.write(f"\n=== operator start failpoints={failpoints!r} ===\n".encode())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codeexec", "operator"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        wait_for(self.ready, timeout=60, what="operator readiness")
+
+    def ready(self) -> bool:
+        import urllib.request
+
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_dead(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self, failpoints: str = "") -> None:
+        self.kill()
+        self.start(failpoints)
+
+
+def pool_ready(cluster: Cluster, name: str, size: int) -> bool:
+    pool = cluster.get_json("sandboxpool", name)
+    return bool(pool.get("status", {}).get("ready", 0) >= size)
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: Cluster) -> Cluster:
+    """CRDs, the sandbox namespace (Pod Security `restricted`) and the default pools."""
+    for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    for crd in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": SANDBOX_NS,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            },
+        },
+    }
+    cluster.apply(namespace)
+    for pool in (
+        pool_manifest("python", "python", default=True, size=3),
+        pool_manifest("nodejs", "nodejs", default=True, size=2),
+    ):
+        cluster.apply(pool)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def operator(installed: Cluster) -> Iterator[OperatorProcess]:
+    log_dir = installed.dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    op = OperatorProcess(installed, log_dir / "operator-tests.log")
+    op.start()
+    wait_for(lambda: pool_ready(installed, "python", 3), timeout=180, what="python pool ready")
+    wait_for(lambda: pool_ready(installed, "nodejs", 2), timeout=180, what="nodejs pool ready")
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+async def cx(operator: OperatorProcess, namespace: str, cluster: Cluster) -> AsyncIterator[Client]:
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    client = Client(
+        Kube(config.from_kubeconfig(str(cluster.kubeconfig)) or config.load()), namespace
+    )
+    yield client
+    await client.kube.close()
+
+
+def dump(obj: Any) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False)
+
+
+def sandbox_pods(cluster: Cluster) -> list[dict[str, Any]]:
+    return list(cluster.get_json("pods", "-n", SANDBOX_NS).get("items", []))
+
+
+def wait_pool_full(cluster: Cluster, name: str, size: int, timeout: float = 180) -> None:
+    wait_for(lambda: pool_ready(cluster, name, size), timeout=timeout, what=f"pool {name} full")
+
+
+def now() -> float:
+    return time.time()

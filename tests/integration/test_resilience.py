@@ -1,0 +1,130 @@
+"""At most once, exactly one result, no leaks: the operator is SIGKILLed at each step of the
+road and restarted. Whether the code started is read from the pods' own records (the
+supervisor's termination message), collected by watching the sandbox namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from e2e.fixtures import Cluster, wait_for
+
+from codeexec import failpoints
+from codeexec.client import Client
+from codeexec.kube.client import PODS, ApiError, Kube
+from codeexec.protocol import parse_termination_message
+
+from .conftest import SANDBOX_NS, OperatorProcess, sandbox_pods
+
+pytestmark = pytest.mark.cluster
+
+PROGRAM = (
+    "import time\ndef main(n):\n    print('ran', n, flush=True)\n    time.sleep(2)\n    return n\n"
+)
+
+
+class PodRecords:
+    """Every sandbox pod claimed for one execution, with its last known state."""
+
+    def __init__(self, kube: Kube, uid: str) -> None:
+        self.kube, self.uid = kube, uid
+        self.pods: dict[str, dict[str, Any]] = {}
+
+    async def run(self) -> None:
+        selector = f"codeexec.io/claimed-by={self.uid}"
+        listing = await self.kube.list(PODS, SANDBOX_NS, label_selector=selector)
+        for p in listing["items"]:
+            self.pods[p["metadata"]["uid"]] = p
+        rv = listing["metadata"]["resourceVersion"]
+        while True:
+            with contextlib.suppress(ApiError):
+                async for ev in self.kube.watch(
+                    PODS,
+                    SANDBOX_NS,
+                    resource_version=rv,
+                    label_selector=selector,
+                    timeout_seconds=60,
+                ):
+                    obj = ev["object"]
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    if ev["type"] != "BOOKMARK":
+                        self.pods[obj["metadata"]["uid"]] = obj
+
+    @staticmethod
+    def request_id(pod: dict[str, Any]) -> str:
+        # Any id the pod recorded: what matters is whether it started, not which request.
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            msg = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
+            with contextlib.suppress(ValueError, IndexError):
+                return str(json.loads(msg.split(" ", 1)[1])["id"])
+        return ""
+
+    def starts(self) -> int:
+        """Pods whose supervisor recorded that it started the code."""
+        count = 0
+        for pod in self.pods.values():
+            for cs in pod.get("status", {}).get("containerStatuses") or []:
+                term = (cs.get("state") or {}).get("terminated") or {}
+                record = parse_termination_message(term.get("message"), self.request_id(pod))
+                count += record.started
+
+        return count
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        failpoints.AFTER_CLAIM,
+        failpoints.AFTER_RECORD,
+        failpoints.AFTER_DELIVERY,
+        failpoints.BEFORE_STATUS,
+    ],
+)
+async def test_crash_at_each_step(
+    point: str, operator: OperatorProcess, cx: Client, cluster: Cluster
+) -> None:
+    operator.restart(failpoints=point)
+    created = await cx.submit(PROGRAM, arguments={"n": 7}, timeout_seconds=30)
+    records = PodRecords(cx.kube, created.uid)
+    watcher = asyncio.create_task(records.run())
+    terminal_phases: list[str] = []
+
+    def track(ex: Any) -> None:
+        if ex.finished:
+            terminal_phases.append(ex.status.reason)
+
+    try:
+        await asyncio.to_thread(operator.wait_dead, 120)  # the failpoint fired
+        operator.start()
+        done = await cx.wait(created.name, timeout=180, on_update=track)
+        assert done.status.reason == "Succeeded", done.status
+        assert done.status.result and done.status.result.return_value == 7
+        # Exactly one terminal status, never rewritten.
+        await asyncio.sleep(3)
+        again = await cx.get(created.name)
+        assert again.status.completion_time == done.status.completion_time
+        assert again.status.reason == "Succeeded"
+        # The code started at most once, by the pods' own account.
+        await asyncio.sleep(1)
+        assert records.starts() <= 1, records.pods.keys()
+        assert done.status.result.stdout.count("ran 7") == 1
+        # No pod left behind for this execution.
+        wait_for(
+            lambda: (
+                not [
+                    p
+                    for p in sandbox_pods(cluster)
+                    if p["metadata"]["labels"].get("codeexec.io/claimed-by") == created.uid
+                    and not p["metadata"].get("deletionTimestamp")
+                ]
+            ),
+            timeout=60,
+            what="no leaked pod",
+        )
+    finally:
+        watcher.cancel()
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()
