@@ -20,6 +20,7 @@ from codeexec.controller import Executions
 from codeexec.kube import config
 from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube
 from codeexec.kube.events import Recorder
+from codeexec.kube.lease import LeaderElector
 from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
@@ -66,6 +67,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     cfg = Settings()
     kube = Kube(config.load())
+    leadership: list[asyncio.Task[None]] = []
+    if cfg.leader_election:
+        elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, cfg.identity)
+        await elector.acquire()
+        leadership.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     ns = cfg.sandbox_namespace
     try:
         await kube.get(NAMESPACES, ns)
@@ -78,6 +84,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.rt = rt
     STATE.executions = Executions(rt)
     STATE.tasks = [
+        *leadership,
         asyncio.create_task(cache.run(), name="sandbox-pod-watch"),
         asyncio.create_task(STATE.executions.janitor.run(), name="ttl-janitor"),
     ]

@@ -192,8 +192,10 @@ def _error_codes(error: dict[str, Any]) -> list[tuple[str | None, str | None, st
 def _code(err: dict[str, Any]) -> str | None:
     code = err.get("code")
     # Python's socket timeouts carry no errno: TimeoutError("timed out") is connect's ETIMEDOUT.
-    if code is None and err.get("type") in ("TimeoutError", "timeout") and (
-        err.get("message") == "timed out"
+    if (
+        code is None
+        and err.get("type") in ("TimeoutError", "timeout")
+        and (err.get("message") == "timed out")
     ):
         return "ETIMEDOUT"
     return code if isinstance(code, str) else None
