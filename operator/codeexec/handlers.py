@@ -79,7 +79,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         raise kopf.PermanentError(f"sandbox namespace {ns!r} is not usable: {err}") from err
     await ensure_network_policies(kube, ns)
     cache = PodCache(kube, ns)
-    pools = PoolManager(kube, cache, ns)
+    pools = PoolManager(kube, cache, ns, cfg.pool_selector)
     rt = Runtime(cfg, kube, cache, pools, Broker(kube, cache, ns), Recorder(kube))
     STATE.rt = rt
     STATE.executions = Executions(rt)

@@ -20,6 +20,7 @@ from codeexec import podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
+from codeexec.settings import selector_matches
 from codeexec.status import condition
 
 log = logging.getLogger(__name__)
@@ -47,23 +48,32 @@ class Counts:
 
 
 class PoolManager:
-    def __init__(self, kube: Kube, cache: PodCache, namespace: str) -> None:
+    def __init__(self, kube: Kube, cache: PodCache, namespace: str, selector: str = "") -> None:
         self.kube = kube
         self.cache = cache
         self.namespace = namespace
+        self.selector = selector
         self.pools: dict[str, Pool] = {}
         self.synced = asyncio.Event()
 
     # --- registry -----------------------------------------------------------------------------
 
     async def initial_sync(self) -> None:
-        listing = await self.kube.list(SANDBOX_POOLS)
+        listing = await self.kube.list(SANDBOX_POOLS, label_selector=self.selector or None)
         for item in listing.get("items", []):
             self.upsert(item)
         self.synced.set()
 
+    def serves(self, body: dict[str, Any]) -> bool:
+        return selector_matches(self.selector, body["metadata"].get("labels"))
+
     def upsert(self, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
+        if not self.serves(body):
+            # Relabelled away from this installation: let go of it.
+            if name in self.pools:
+                asyncio.get_running_loop().create_task(self.remove(name))
+            return
         try:
             spec = SandboxPoolSpec.model_validate(body.get("spec") or {})
         except ValueError as err:

@@ -20,6 +20,9 @@ class Settings:
     namespaces: tuple[str, ...] = field(
         default_factory=lambda: tuple(n for n in _env("NAMESPACES", "").split(",") if n)
     )
+    # Which SandboxPools this installation serves (a label selector, equality terms only);
+    # empty means all. Lets several installations share a cluster without fighting over pools.
+    pool_selector: str = field(default_factory=lambda: _env("POOL_SELECTOR", ""))
     # Head of each stream kept in the status (etcd holds at most 1.5 MiB per object).
     keep_bytes: int = field(default_factory=lambda: int(_env("KEEP_BYTES", "65536")))
     # Default combined output after which the program is stopped (OutputLimit).
@@ -35,3 +38,13 @@ class Settings:
     lease_namespace: str = field(default_factory=lambda: _env("LEASE_NAMESPACE", "codeexec-system"))
     lease_name: str = field(default_factory=lambda: _env("LEASE_NAME", "codeexec-operator"))
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
+
+
+def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:
+    """Equality-based label selector (`a=b,c=d`), as the API server applies it."""
+    labels = labels or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, _, value = term.partition("=")
+        if labels.get(key.strip()) != value.strip().lstrip("="):
+            return False
+    return True

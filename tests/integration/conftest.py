@@ -28,6 +28,8 @@ SANDBOX_NS = "codeexec-sandbox"
 PYTHON_IMAGE = "codeexec.local/python-sandbox:dev"
 NODEJS_IMAGE = "codeexec.local/nodejs-sandbox:dev"
 METRICS_PORT = 18080
+# Pools of this suite's operator; other installations on the cluster (the chart's) use others.
+INSTANCE_LABEL, INSTANCE = "codeexec.io/instance", "tests"
 
 
 def pool_manifest(name: str, language: str, **spec: Any) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def pool_manifest(name: str, language: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "codeexec.io/v1alpha1",
         "kind": "SandboxPool",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {INSTANCE_LABEL: INSTANCE}},
         "spec": {
             "language": language,
             "image": image,
@@ -58,6 +60,7 @@ class OperatorProcess:
             "CODEEXEC_SANDBOX_NAMESPACE": SANDBOX_NS,
             "CODEEXEC_METRICS_PORT": str(METRICS_PORT),
             "CODEEXEC_FAILPOINTS": failpoints,
+            "CODEEXEC_POOL_SELECTOR": f"{INSTANCE_LABEL}={INSTANCE}",
         }
         log = self.log_path.open("ab")
         log.write(f"\n=== operator start failpoints={failpoints!r} ===\n".encode())

@@ -173,7 +173,9 @@ CASES: list[tuple[str, Evidence, Reason]] = [
     ),
     (
         "socket timeout",
-        Evidence(report=report(exit_code=1, result=error(type_="TimeoutError", message="timed out"))),
+        Evidence(
+            report=report(exit_code=1, result=error(type_="TimeoutError", message="timed out"))
+        ),
         Reason.NETWORK_BLOCKED,
     ),
     (
