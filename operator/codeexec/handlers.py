@@ -59,6 +59,8 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
+    # Every watch event runs a handler; "succeeded" lines for each would drown the log.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.batching.batch_window = 0.01
     settings.batching.idle_timeout = 60.0
     settings.watching.server_timeout = 300
@@ -125,7 +127,7 @@ async def pool_event(type: str | None, body: kopf.Body, name: str, **_: Any) -> 
 
 
 @kopf.on.event(GROUP, VERSION, "codeexecutions")
-def execution_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+async def execution_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     STATE.executions.observe(type, _plain(body))
 
 
