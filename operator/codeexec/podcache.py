@@ -51,6 +51,13 @@ class PodView:
         return self.state == podspec.WARM and self.ready and not self.deleting and not self.finished
 
 
+def _older(candidate: str, current: str) -> bool:
+    # resourceVersions are opaque by contract but etcd's are integers; compare only those.
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) < int(current)
+    return False
+
+
 def _ts(value: str | None) -> datetime | None:
     from codeexec.status import parse_timestamp
 
@@ -128,7 +135,17 @@ class PodCache:
         if event_type == "DELETED":
             self.pods.pop(name, None)
         else:
-            self.pods[name] = view(pod)
+            new = view(pod)
+            old = self.pods.get(name)
+            # Our own writes land here before the watch echoes them: never let a late event
+            # roll a pod back to an older version (a claimed pod would look warm again).
+            if (
+                old is not None
+                and old.uid == new.uid
+                and _older(new.resource_version, old.resource_version)
+            ):
+                return
+            self.pods[name] = new
         self.notify()
 
     async def run(self) -> None:

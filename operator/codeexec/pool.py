@@ -95,7 +95,7 @@ class PoolManager:
             pool.task.cancel()
         for pod in list(self.cache.of_pool(name)):
             if pod.state == podspec.WARM:
-                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+                await self._delete_warm(pod)
 
     def resolve(self, language: str, name: str | None) -> Pool | str:
         """The pool for an execution, or why there is none."""
@@ -180,7 +180,7 @@ class PoolManager:
             why = self._doomed(pool, pod, now)
             if why:
                 log.info("pool %s: replacing pod %s: %s", pool.name, pod.name, why)
-                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+                await self._delete_warm(pod)
         counts = self.counts(pool)
         missing = pool.spec.size - counts.ready - counts.warming - len(pool.expected)
         for _ in range(max(0, min(missing, CREATE_BURST))):
@@ -204,8 +204,23 @@ class PoolManager:
                 key=lambda p: (p.ready, p.created or datetime.now(UTC)),
             )
             for pod in warm[:surplus]:
-                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+                await self._delete_warm(pod)
         await self._report(pool, self.counts(pool))
+
+    async def _delete_warm(self, pod: PodView) -> None:
+        """Only if it is still the warm pod we saw: a claim in the meantime wins (409)."""
+        try:
+            await self.kube.delete(
+                PODS,
+                pod.name,
+                self.namespace,
+                grace_period=0,
+                resource_version=pod.resource_version,
+            )
+        except ApiError as err:
+            if not err.conflict:
+                raise
+            log.debug("pod %s changed since we looked; not deleting it", pod.name)
 
     async def _report(self, pool: Pool, counts: Counts) -> None:
         full = counts.ready >= pool.spec.size
@@ -234,4 +249,4 @@ class PoolManager:
         """Warm pods of pools that no longer exist."""
         for pod in list(self.cache.pods.values()):
             if pod.pool not in self.pools and pod.state == podspec.WARM and not pod.deleting:
-                await self.kube.delete(PODS, pod.name, self.namespace, grace_period=0)
+                await self._delete_warm(pod)

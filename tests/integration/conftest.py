@@ -61,6 +61,8 @@ class OperatorProcess:
             "CODEEXEC_METRICS_PORT": str(METRICS_PORT),
             "CODEEXEC_FAILPOINTS": failpoints,
             "CODEEXEC_POOL_SELECTOR": f"{INSTANCE_LABEL}={INSTANCE}",
+            # Only this suite's namespaces: other installations may share the cluster.
+            "CODEEXEC_NAMESPACES": "e2e-*,outcomes-*",
         }
         log = self.log_path.open("ab")
         log.write(f"\n=== operator start failpoints={failpoints!r} ===\n".encode())

@@ -183,11 +183,17 @@ class Kube:
         namespace: str | None = None,
         *,
         grace_period: int | None = None,
+        resource_version: str | None = None,
         missing_ok: bool = True,
     ) -> None:
-        body = None if grace_period is None else {"gracePeriodSeconds": grace_period}
+        """With `resource_version`, the delete happens only if nobody changed the object since."""
+        body: JSON = {}
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request("DELETE", res.path(namespace, name), body=body)
+            await self.request("DELETE", res.path(namespace, name), body=body or None)
         except ApiError as err:
             if not (missing_ok and err.not_found):
                 raise

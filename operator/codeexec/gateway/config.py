@@ -1,0 +1,136 @@
+"""The gateway's configuration: flags, with environment defaults where a chart wants them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codeexec.api.models import Language
+
+ENV_PREFIX = "CODEEXEC_GATEWAY_"
+
+
+class ConfigError(ValueError):
+    """The flags or the environment do not make a usable configuration."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    namespace: str = "default"
+    host: str = "0.0.0.0"
+    port: int = 8090
+    # Requests being executed at once; past it the original's "too many requests" at once.
+    max_concurrency: int = 16
+    # A bearer token, or a file holding one (re-read when it changes, so Secrets can rotate).
+    token: str | None = None
+    token_file: Path | None = None
+    # The code is at most 128 KiB (175 KiB as base64); the arguments end up in etcd.
+    max_request_bytes: int = 512 * 1024
+    static_check: bool = False
+    # How long one request waits for the terminal status (queueing for a pod included).
+    wait_timeout: float = 300.0
+    # The wall-clock limit of the code; the original's TIMEOUT was 10 s.
+    timeout_seconds: int = 10
+    pools: Mapping[Language, str] = field(default_factory=dict)
+    # Which SandboxPools /healthz looks at when several installations share a cluster
+    # (the operator's CODEEXEC_POOL_SELECTOR, e.g. `codeexec.io/instance=codeexec`).
+    pool_selector: str = ""
+    # Left on each CodeExecution in case the gateway dies before it deletes it.
+    ttl_seconds_after_finished: int = 300
+    keep_failure_stdout: bool = False
+    health_cache_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ConfigError("--max-concurrency must be at least 1")
+        if self.max_request_bytes < 1024:
+            raise ConfigError("--max-request-bytes must be at least 1024")
+        if self.wait_timeout <= 0:
+            raise ConfigError("--wait-timeout must be positive")
+        if not 1 <= self.timeout_seconds <= 3600:
+            raise ConfigError("--timeout-seconds must be between 1 and 3600")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("the bearer token is empty")
+        if not self.namespace:
+            raise ConfigError("--namespace is empty")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = f"env {ENV_PREFIX}"
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help=f"where CodeExecutions are created ({env}NAMESPACE, default 'default')",
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=16,
+        help="requests executed at once; more are answered 'too many requests' at once",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"require this bearer token on POST /run (or {env}TOKEN); off when neither is set",
+    )
+    parser.add_argument("--max-request-bytes", type=int, default=512 * 1024)
+    parser.add_argument(
+        "--static-check",
+        action="store_true",
+        help="refuse Python code the original's static check refused (compatibility aid only)",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one request waits for its result, queueing for a pod included",
+    )
+    parser.add_argument(
+        "--timeout-seconds", type=int, default=10, help="wall-clock limit of the code"
+    )
+    parser.add_argument("--pool-python", default=None, help="SandboxPool for Python code")
+    parser.add_argument("--pool-nodejs", default=None, help="SandboxPool for Node.js code")
+    parser.add_argument(
+        "--pool-selector",
+        default=None,
+        help=f"label selector of the SandboxPools /healthz considers ({env}POOL_SELECTOR)",
+    )
+    parser.add_argument("--ttl-seconds-after-finished", type=int, default=300)
+    parser.add_argument(
+        "--keep-failure-stdout",
+        action="store_true",
+        help="keep the program's stdout on failures (the original always emptied it)",
+    )
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    env = os.environ if env is None else env
+    pools: dict[Language, str] = {}
+    if args.pool_python:
+        pools["python"] = args.pool_python
+    if args.pool_nodejs:
+        pools["nodejs"] = args.pool_nodejs
+    token_file = args.token_file
+    token = None if token_file else env.get(f"{ENV_PREFIX}TOKEN") or None
+    return GatewayConfig(
+        namespace=args.namespace or env.get(f"{ENV_PREFIX}NAMESPACE") or "default",
+        host=args.host,
+        port=args.port,
+        max_concurrency=args.max_concurrency,
+        token=token,
+        token_file=token_file,
+        max_request_bytes=args.max_request_bytes,
+        static_check=args.static_check,
+        wait_timeout=args.wait_timeout,
+        timeout_seconds=args.timeout_seconds,
+        pools=pools,
+        pool_selector=args.pool_selector or env.get(f"{ENV_PREFIX}POOL_SELECTOR") or "",
+        ttl_seconds_after_finished=args.ttl_seconds_after_finished,
+        keep_failure_stdout=args.keep_failure_stdout,
+    )
