@@ -65,9 +65,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.idle_timeout = 60.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.scanning.disabled = True
-
+    # Scanning lets Kopf follow namespace globs (`team-*`); exact names and cluster-wide
+    # watching need no namespace list permission, so skip it then.
     cfg = Settings()
+    settings.scanning.disabled = not any(ch in "".join(cfg.namespaces) for ch in "*?[!")
+
     kube = Kube(config.load())
     leadership: list[asyncio.Task[None]] = []
     if cfg.leader_election:
