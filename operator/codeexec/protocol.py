@@ -6,6 +6,7 @@ so nothing the user's code prints can pass for it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -172,6 +173,9 @@ def parse_termination_message(message: str | None, request_id: str) -> PodRecord
             doc = json.loads(text[len(STARTED_PREFIX) :])
         except ValueError:
             doc = {}
-        if isinstance(doc, dict) and doc.get("id") == request_id:
+        # The started record names the request by digest: the user's code can read the
+        # termination log while it runs, and must not learn the nonce from it.
+        digest = hashlib.sha256(request_id.encode()).hexdigest()
+        if isinstance(doc, dict) and doc.get("idSha256") == digest:
             return PodRecord(started=bool(doc.get("started", True)), report=None)
     return PodRecord(started=False, report=None)

@@ -15,7 +15,6 @@ from e2e.fixtures import Cluster, wait_for
 from codeexec import failpoints
 from codeexec.client import Client
 from codeexec.kube.client import PODS, ApiError, Kube
-from codeexec.protocol import parse_termination_message
 
 from .conftest import SANDBOX_NS, OperatorProcess, sandbox_pods
 
@@ -53,24 +52,16 @@ class PodRecords:
                     if ev["type"] != "BOOKMARK":
                         self.pods[obj["metadata"]["uid"]] = obj
 
-    @staticmethod
-    def request_id(pod: dict[str, Any]) -> str:
-        # Any id the pod recorded: what matters is whether it started, not which request.
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
-            msg = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
-            with contextlib.suppress(ValueError, IndexError):
-                return str(json.loads(msg.split(" ", 1)[1])["id"])
-        return ""
-
     def starts(self) -> int:
-        """Pods whose supervisor recorded that it started the code."""
+        """Pods whose supervisor recorded that it started the code (CXS1 or CXR1)."""
         count = 0
         for pod in self.pods.values():
             for cs in pod.get("status", {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated") or {}
-                record = parse_termination_message(term.get("message"), self.request_id(pod))
-                count += record.started
-
+                msg = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
+                prefix, _, doc = msg.partition(" ")
+                if prefix in ("CXS1", "CXR1"):
+                    with contextlib.suppress(ValueError):
+                        count += bool(json.loads(doc).get("started"))
         return count
 
 

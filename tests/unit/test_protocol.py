@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from codeexec.protocol import Report, ReportReader, Request, parse_termination_message
@@ -47,8 +48,12 @@ def test_report_with_another_id_is_ignored() -> None:
 
 
 def test_termination_message_started_record() -> None:
-    rec = parse_termination_message(f'CXS1 {{"id": "{RID}", "started": true}}', RID)
+    digest = hashlib.sha256(RID.encode()).hexdigest()
+    rec = parse_termination_message(f'CXS1 {{"idSha256": "{digest}", "started": true}}', RID)
     assert rec.started and rec.report is None
+    # A record for another request proves nothing about ours.
+    other = hashlib.sha256(b"other").hexdigest()
+    assert not parse_termination_message(f'CXS1 {{"idSha256": "{other}", "started": true}}', RID).started
 
 
 def test_termination_message_compact_report() -> None:

@@ -1,0 +1,1016 @@
+"""In-pod supervisor of a codeexec sandbox (PID 1 of the container; stdlib only).
+
+Starts the warm language worker, waits for exactly one framed request on stdin, forwards it,
+watches the run (deadline, output cap, result pipe, wait status, cgroup OOM counter) and writes
+one ``CXR1 <json>`` report on stdout and a compact copy to the termination log. The wire
+contract is docs/runner-protocol.md; this file is the only writer of the container's stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL = "codeexec.io/runner/v1"
+RUNNER_VERSION = "1"
+LANGUAGES = {"python": ("python", "worker.py"), "nodejs": ("nodejs", "worker.js")}
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+# Room for the record's envelope and an error record's message/traceback/causes.
+RESULT_SLACK_BYTES = 64 * 1024
+DEFAULT_MAX_PROCESSES = 256
+TERMINATION_LOG_LIMIT = 4000
+STARTUP_DIAG_BYTES = 2048
+READ_CHUNK = 65536
+
+KILL_GRACE_S = 0.5  # SIGTERM -> SIGKILL on timeout
+UNKILLABLE_S = 5.0  # after SIGKILL, stop waiting for a worker stuck in the kernel
+DRAIN_GRACE_S = 1.0  # after the worker is gone, stop reading pipes held by strays
+CLEANUP_S = 2.0  # bound on killing and reaping leftovers
+STARTUP_ALLOWANCE_S = 30.0  # for a request that arrives while the worker is still importing
+TICK_S = 0.01  # poll tick when pidfd_open is unavailable (e.g. some gVisor versions)
+ORPHAN_TICK_S = 0.1  # orphans' deaths wake nobody (no SIGCHLD handler): reap them this often
+
+ID_RE = re.compile(r"[A-Za-z0-9-]{16,64}")
+ERROR_PHASES = {"compile", "entrypoint", "run", "serialize"}
+
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class ProtocolError(Exception):
+    """The request is not a valid runner/v1 request; the message goes into the report."""
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _prctl(option: int, arg: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, arg, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _ensure_std_fds() -> None:
+    # With 0/1/2 closed, os.pipe() could hand out 1 and the report would go into a pipe.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _write_all(fd: int, data: bytes, timeout_s: float = 10.0) -> bool:
+    end = _now() + timeout_s
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+            view = view[n:]
+        except BlockingIOError:
+            if _now() > end:
+                return False
+            select.select([], [fd], [], 0.05)
+        except InterruptedError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(65536)
+    except OSError:
+        return None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _keyed_counter(text: str | None, key: str) -> int | None:
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return _int_or_none(parts[1])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroup (v2 unified or v1 memory controller); everything optional
+
+
+@dataclass
+class CgroupMemory:
+    root: str
+
+    def _v2(self) -> bool:
+        return os.path.exists(os.path.join(self.root, "memory.events"))
+
+    def oom_kills(self) -> int | None:
+        if self._v2():
+            text = _read_small(os.path.join(self.root, "memory.events"))
+        else:
+            text = _read_small(os.path.join(self.root, "memory", "memory.oom_control"))
+        return _keyed_counter(text, "oom_kill")
+
+    def peak_bytes(self) -> int | None:
+        if self._v2():
+            return _int_or_none(_read_small(os.path.join(self.root, "memory.peak")))
+        path = os.path.join(self.root, "memory", "memory.max_usage_in_bytes")
+        return _int_or_none(_read_small(path))
+
+    def limit_bytes(self) -> int | None:
+        if self._v2():
+            value = _int_or_none(_read_small(os.path.join(self.root, "memory.max")))
+        else:
+            path = os.path.join(self.root, "memory", "memory.limit_in_bytes")
+            value = _int_or_none(_read_small(path))
+        # v1 reports "no limit" as a page-rounded LONG_MAX.
+        if value is None or value <= 0 or value >= 1 << 60:
+            return None
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# output streams
+
+
+@dataclass
+class Stream:
+    """One of the worker's output pipes: the head up to keep_bytes and the total read."""
+
+    fd: int | None
+    keep_bytes: int
+    head: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.keep_bytes - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+
+    def restart(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self.head = bytearray()
+        self.total = 0
+
+    def summary(self) -> dict[str, Any]:
+        head = bytes(self.head)
+        truncated = self.total > len(head)
+        if truncated:
+            head = _cut_utf8(head)
+        return {
+            "text": head.decode("utf-8", errors="replace"),
+            "bytes": self.total,
+            "truncated": truncated,
+        }
+
+
+def _cut_utf8(data: bytes) -> bytes:
+    """Drops a multi-byte character split by the cut (at most 3 trailing bytes)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # continuation byte: keep looking for the lead byte
+        if byte & 0x80 == 0:
+            return data  # ASCII: nothing split
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return data if back >= need else data[:-back]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# request
+
+
+@dataclass
+class Request:
+    id: str
+    code: str
+    arguments: dict[str, Any]
+    timeout_ms: int
+    max_output_bytes: int
+    keep_bytes: int
+    max_result_bytes: int
+
+
+def _positive_int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if type(value) is not int or value <= 0:
+        raise ProtocolError(f"{key} must be a positive integer")
+    return value
+
+
+def parse_request(line: bytes, language: str) -> tuple[Request | None, str | None, str | None]:
+    """Returns (request, None, None) or (None, id-if-recognisable, error message)."""
+    try:
+        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, None, f"request is not a JSON line: {str(exc)[:200]}"
+    if not isinstance(obj, dict):
+        return None, None, "request is not a JSON object"
+    raw_id = obj.get("id")
+    rid = raw_id if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id) else None
+    try:
+        if obj.get("protocol") != PROTOCOL:
+            raise ProtocolError(f"protocol must be {PROTOCOL!r}")
+        if rid is None:
+            raise ProtocolError("id must be 16-64 characters of [A-Za-z0-9-]")
+        if obj.get("language") != language:
+            raise ProtocolError(f"language must be {language!r} for this runner")
+        code = obj.get("code")
+        if not isinstance(code, str):
+            raise ProtocolError("code must be a string")
+        arguments = obj.get("arguments")
+        if not isinstance(arguments, dict):
+            raise ProtocolError("arguments must be an object")
+        request = Request(
+            id=rid,
+            code=code,
+            arguments=arguments,
+            timeout_ms=_positive_int(obj, "timeoutMs"),
+            max_output_bytes=_positive_int(obj, "maxOutputBytes"),
+            keep_bytes=_positive_int(obj, "keepBytes"),
+            max_result_bytes=_positive_int(obj, "maxResultBytes", DEFAULT_MAX_RESULT_BYTES),
+        )
+    except ProtocolError as exc:
+        return None, rid, str(exc)
+    return request, None, None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker's result record
+
+
+def _clip(value: Any, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def _small_int(value: Any) -> int | None:
+    return value if type(value) is int and -(1 << 31) <= value < (1 << 31) else None
+
+
+def _sanitize_error(rec: dict[str, Any]) -> dict[str, Any] | None:
+    if rec.get("phase") not in ERROR_PHASES or not isinstance(rec.get("type"), str):
+        return None
+    out: dict[str, Any] = {
+        "kind": "error",
+        "phase": rec["phase"],
+        "type": _clip(rec["type"], 200),
+        "message": _clip(rec.get("message"), 8192) or "",
+        "traceback": _clip(rec.get("traceback"), 32768),
+    }
+    for key in ("errno", "line", "column"):
+        out[key] = _small_int(rec.get(key))
+    for key in ("code", "syscall", "filename"):
+        out[key] = _clip(rec.get(key), 200)
+    causes = []
+    raw_causes = rec.get("causes")
+    for cause in raw_causes if isinstance(raw_causes, list) else []:
+        if isinstance(cause, dict) and isinstance(cause.get("type"), str):
+            causes.append(
+                {
+                    "type": _clip(cause["type"], 200),
+                    "message": _clip(cause.get("message"), 1024) or "",
+                    "errno": _small_int(cause.get("errno")),
+                    "code": _clip(cause.get("code"), 200),
+                }
+            )
+        if len(causes) >= 8:
+            break
+    out["causes"] = causes
+    return out
+
+
+def interpret_result(
+    data: bytes, overflowed: bool, exit_code: int | None
+) -> tuple[dict[str, Any] | None, bool]:
+    """Parses fd 3 (ready line, then at most one record) and cross-checks it with the exit.
+
+    Returns (result or None, whether the worker reported ready). A record only counts if the
+    worker then exited the way its harness does after writing it (0 after "returned", 1 after
+    "error"): a crash, kill or a stray write from the user's code leaves result null.
+    """
+    lines = data.split(b"\n")
+    ready = (_parse_record(lines[0]) or {}).get("kind") == "ready"
+    if ready:
+        lines = lines[1:]
+    if overflowed:
+        return None, ready
+    records = [line for line in lines if line]
+    if len(records) != 1 or not data.endswith(b"\n"):
+        return None, ready
+    rec = _parse_record(records[0])
+    if rec is None:
+        return None, ready
+    if rec.get("kind") == "returned" and "value" in rec and exit_code == 0:
+        return {"kind": "returned", "value": rec["value"]}, ready
+    if rec.get("kind") == "error" and exit_code == 1:
+        return _sanitize_error(rec), ready
+    return None, ready
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the supervisor
+
+
+@dataclass
+class Config:
+    language: str
+    argv: list[str]
+    max_processes: int
+    termination_log: str
+    cgroup: CgroupMemory
+    ready_file: str | None
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pid = 0
+        self.pidfd: int | None = None
+        self.spawned_at = 0.0
+        self.req_fd: int | None = None
+        self.req_buf = b""
+        self.out = Stream(None, 0)
+        self.err = Stream(None, STARTUP_DIAG_BYTES)
+        self.res_fd: int | None = None
+        self.res_buf = bytearray()
+        self.res_limit = DEFAULT_MAX_RESULT_BYTES + RESULT_SLACK_BYTES
+        self.res_overflow = False
+        self.ready_at: float | None = None
+        self.ready_state: bool | None = None  # None until the worker's first line
+        self.ready_cpu_ms = 0.0
+        self.request_id: str | None = None
+        self.started = False
+        self.exited_at: float | None = None
+        self.status: int | None = None
+        self.rusage: resource.struct_rusage | None = None
+        self.stdin_buf = bytearray()
+        self.stdin_open = True
+
+    # -- process management ------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        r0, w0 = os.pipe()
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        r3, w3 = os.pipe()
+        env = dict(os.environ)
+        self.spawned_at = _now()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            self._exec_worker([r0, w1, w2, w3], env)
+        self.pid = pid
+        for fd in (r0, w1, w2, w3):
+            os.close(fd)
+        for fd in (w0, r1, r2, r3):
+            os.set_blocking(fd, False)
+        self.req_fd, self.out.fd, self.err.fd, self.res_fd = w0, r1, r2, r3
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self.pidfd = None
+
+    def _exec_worker(self, ends: list[int], env: dict[str, str]) -> None:
+        try:
+            os.setsid()
+            # Ignored signals survive exec; the user's programs should see the defaults.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            # Move the ends out of the way first: one of them may already sit on 0-3.
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in ends]
+            for target, fd in enumerate(high):
+                os.dup2(fd, target)
+            os.closerange(4, 65536)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+            limit = self.config.max_processes
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+            # Raising is always allowed: the OOM killer then picks user code, never us.
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+            os.execve(self.config.argv[0], self.config.argv, env)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                os.write(2, f"codeexec: cannot start the worker: {exc!r}\n".encode())
+        finally:
+            os._exit(127)
+
+    def _poll_exit(self) -> bool:
+        """True once the worker has exited; it stays a zombie (its pgid reserved) until reap()."""
+        if self.exited_at is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+            self.exited_at = _now()
+            return True
+        if info is None or info.si_pid == 0:
+            return False
+        self.exited_at = _now()
+        return True
+
+    def signal_worker(self, sig: int) -> None:
+        """Signals the worker's process group, and the worker itself: right after fork() it may
+        not have called setsid() yet, and then the group does not exist."""
+        _killpg(self.pid, sig)
+        if self.exited_at is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, sig)
+
+    def reap(self) -> None:
+        # Kill the group while the zombie still pins the pgid, so it cannot name someone else.
+        self.signal_worker(signal.SIGKILL)
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+            self.status, self.rusage = status, usage
+        except ChildProcessError:
+            pass
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def kill_leftovers(self) -> None:
+        """Ends every process the user's code left behind, bounded in time."""
+        end = _now() + CLEANUP_S
+        if os.getpid() == 1:
+            # In a PID namespace this reaches only the container's processes, never the host.
+            with contextlib.suppress(OSError):
+                os.kill(-1, signal.SIGKILL)
+            while _now() < end:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    time.sleep(0.005)
+            return
+        # Not PID 1 (tests, or a shared PID namespace): never kill(-1). As a subreaper every
+        # orphaned descendant is re-parented to us, so killing our children finds them all.
+        me = os.getpid()
+        while _now() < end:
+            kids = _children_of(me)
+            if not kids:
+                return
+            for pid in kids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            while True:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+            time.sleep(0.005)
+
+    # -- the poll loop -----------------------------------------------------------------------
+
+    def pump(self, timeout_s: float | None, want_stdin: bool) -> None:
+        """One round: read whatever is ready, write pending request bytes, note an exit."""
+        poller = select.poll()
+        watched = False
+        for fd in (self.out.fd, self.err.fd, self.res_fd):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+                watched = True
+        if self.req_fd is not None and self.req_buf:
+            poller.register(self.req_fd, select.POLLOUT)
+        if want_stdin and self.stdin_open:
+            poller.register(0, select.POLLIN)
+        if self.pidfd is not None and self.exited_at is None:
+            poller.register(self.pidfd, select.POLLIN)
+            tick = ORPHAN_TICK_S
+        elif self.exited_at is None or not watched:
+            tick = TICK_S
+        else:
+            tick = ORPHAN_TICK_S
+        timeout_s = tick if timeout_s is None else min(timeout_s, tick)
+        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000 + 0.999))
+        try:
+            events = poller.poll(timeout_ms)
+        except InterruptedError:
+            events = []
+        for fd, ev in events:
+            if fd == self.out.fd:
+                self._read_stream(self.out)
+            elif fd == self.err.fd:
+                self._read_stream(self.err)
+            elif fd == self.res_fd:
+                self._read_result()
+            elif fd == self.req_fd:
+                self._write_request(ev)
+            elif fd == 0:
+                self._read_stdin(ev)
+        self._poll_exit()
+        self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        # Orphaned descendants are re-parented to us (as init, or as subreaper); reaping them as
+        # they die keeps zombies from piling up against the pids limit. The worker waits for
+        # reap(), which needs its rusage.
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in (0, self.pid):
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
+    def _read_stream(self, stream: Stream) -> None:
+        assert stream.fd is not None
+        try:
+            data = os.read(stream.fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            stream.feed(data)
+        else:
+            os.close(stream.fd)
+            stream.fd = None
+
+    def _read_result(self) -> None:
+        assert self.res_fd is not None
+        try:
+            data = os.read(self.res_fd, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            os.close(self.res_fd)
+            self.res_fd = None
+            return
+        if len(self.res_buf) + len(data) > self.res_limit:
+            self.res_overflow = True  # keep draining so the writer never blocks
+        else:
+            self.res_buf += data
+        if self.ready_state is None and b"\n" in self.res_buf:
+            first = _parse_record(bytes(self.res_buf.split(b"\n", 1)[0])) or {}
+            self.ready_state = first.get("kind") == "ready"
+            if self.ready_state:
+                self.ready_at = _now()
+                cpu = first.get("cpuMs")
+                if isinstance(cpu, int | float) and cpu >= 0:
+                    self.ready_cpu_ms = float(cpu)
+                self._touch_ready_file()
+
+    def _touch_ready_file(self) -> None:
+        if self.config.ready_file:
+            with contextlib.suppress(OSError), open(self.config.ready_file, "w") as f:
+                f.write("ready\n")
+
+    def _write_request(self, ev: int) -> None:
+        assert self.req_fd is not None
+        try:
+            n = os.write(self.req_fd, self.req_buf)
+            self.req_buf = self.req_buf[n:]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EPIPE: the worker is gone; its exit tells the rest
+            self.req_buf = b""
+        if not self.req_buf:
+            # Closing gives the user's code EOF on stdin instead of a read that never returns.
+            os.close(self.req_fd)
+            self.req_fd = None
+
+    def _read_stdin(self, ev: int) -> None:
+        if ev & select.POLLNVAL:
+            self.stdin_open = False
+            return
+        try:
+            data = os.read(0, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.stdin_open = False
+        else:
+            self.stdin_buf += data
+
+    def request_line(self) -> bytes | None:
+        nl = self.stdin_buf.find(b"\n")
+        if nl < 0:
+            return None
+        return bytes(self.stdin_buf[:nl])
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.spawn()
+        # Wait for the request, draining the warming worker; it may die here (bad image).
+        while True:
+            line = self.request_line()
+            if line is not None:
+                break
+            if len(self.stdin_buf) > MAX_REQUEST_BYTES:
+                return self.not_started(None, f"request line longer than {MAX_REQUEST_BYTES} bytes")
+            if not self.stdin_open:
+                return self.not_started(None, "stdin closed before a request arrived")
+            if self.exited_at is not None:
+                return self.not_started(None, self._startup_failure())
+            self.pump(None, want_stdin=True)
+        if len(line) > MAX_REQUEST_BYTES:
+            return self.not_started(None, f"request line longer than {MAX_REQUEST_BYTES} bytes")
+        request, rid, problem = parse_request(line, self.config.language)
+        if request is None:
+            return self.not_started(rid, problem or "invalid request")
+        # Hand the code only to a warm worker: until then nothing has run, and a worker that
+        # dies or hangs while importing leaves a report that says so (started: false).
+        ready_by = _now() + STARTUP_ALLOWANCE_S
+        while not self.ready_state:
+            if self.exited_at is not None:
+                return self.not_started(request.id, self._startup_failure())
+            if self.ready_state is False:
+                return self.not_started(request.id, "worker sent no ready record")
+            if _now() >= ready_by:
+                return self.not_started(
+                    request.id, f"worker not ready within {STARTUP_ALLOWANCE_S:g} s"
+                )
+            self.pump(ready_by - _now(), want_stdin=False)
+        return self.execute(request)
+
+    def _startup_failure(self) -> str:
+        self.reap()
+        self.kill_leftovers()
+        code, sig = _decode_status(self.status)
+        how = f"exit code {code}" if code is not None else f"signal {sig}"
+        diag = self.err.summary()["text"].strip()
+        return f"worker exited before the request ({how})" + (f": {diag}" if diag else "")
+
+    def execute(self, request: Request) -> dict[str, Any]:
+        oom_before = self.config.cgroup.oom_kills()
+        self.out.restart(request.keep_bytes)
+        self.err.restart(request.keep_bytes)
+        self.res_limit = request.max_result_bytes + RESULT_SLACK_BYTES
+        worker_request = {
+            "code": request.code,
+            "arguments": request.arguments,
+            "language": self.config.language,
+            "maxResultBytes": request.max_result_bytes,
+        }
+        self.req_buf = json.dumps(worker_request, ensure_ascii=True).encode() + b"\n"
+        # The pod's own record that the code was handed over, written before it can run.
+        # Only a digest of the id: the user's code can read the termination log.
+        digest = hashlib.sha256(request.id.encode()).hexdigest()
+        self.write_termination_log("CXS1 " + json.dumps({"idSha256": digest, "started": True}))
+        self.request_id, self.started = request.id, True
+        start = _now()
+        deadline = start + request.timeout_ms / 1000.0
+        timed_out = output_limited = False
+        term_sent_at: float | None = None
+        kill_sent_at: float | None = None
+        while not self._poll_exit():
+            now = _now()
+            if not output_limited and self.out.total + self.err.total > request.max_output_bytes:
+                output_limited = True
+                self.signal_worker(signal.SIGKILL)
+                kill_sent_at = kill_sent_at or now
+            if term_sent_at is None and kill_sent_at is None and now >= deadline:
+                timed_out = True
+                term_sent_at = now
+                self.signal_worker(signal.SIGTERM)
+            if (
+                term_sent_at is not None
+                and kill_sent_at is None
+                and now >= term_sent_at + KILL_GRACE_S
+            ):
+                kill_sent_at = now
+                self.signal_worker(signal.SIGKILL)
+            if kill_sent_at is not None and now >= kill_sent_at + UNKILLABLE_S:
+                break
+            if kill_sent_at is not None:
+                wait = kill_sent_at + UNKILLABLE_S - now
+            elif term_sent_at is not None:
+                wait = term_sent_at + KILL_GRACE_S - now
+            else:
+                wait = deadline - now
+            self.pump(max(wait, 0.0), want_stdin=False)
+        ended = self.exited_at if self.exited_at is not None else _now()
+        if self.exited_at is not None:
+            self.reap()
+        else:
+            self.signal_worker(signal.SIGKILL)
+        self.kill_leftovers()
+        self.drain()
+        if self.out.total + self.err.total > request.max_output_bytes:
+            output_limited = True
+        code, sig = _decode_status(self.status)
+        result, _ = interpret_result(bytes(self.res_buf), self.res_overflow, code)
+        oom_after = self.config.cgroup.oom_kills()
+        cpu_ms = None
+        max_rss = None
+        if self.rusage is not None:
+            total_cpu = (self.rusage.ru_utime + self.rusage.ru_stime) * 1000.0
+            cpu_ms = round(max(total_cpu - self.ready_cpu_ms, 0.0), 3)
+            max_rss = int(self.rusage.ru_maxrss)
+        return self.report(
+            request.id,
+            started=True,
+            exit={"code": code, "signal": sig} if self.status is not None else None,
+            timedOut=timed_out,
+            outputLimited=output_limited,
+            oomKilled=oom_before is not None and oom_after is not None and oom_after > oom_before,
+            result=result,
+            stdout=self.out.summary(),
+            stderr=self.err.summary(),
+            usage={
+                "wallMs": _ms(ended - start),
+                "cpuMs": cpu_ms,
+                "maxRssKb": max_rss,
+                "cgroupPeakBytes": self.config.cgroup.peak_bytes(),
+            },
+        )
+
+    def drain(self) -> None:
+        end = _now() + DRAIN_GRACE_S
+        while _now() < end and any(
+            fd is not None for fd in (self.out.fd, self.err.fd, self.res_fd)
+        ):
+            self.pump(max(end - _now(), 0.0), want_stdin=False)
+        for fd in (self.out.fd, self.err.fd, self.res_fd, self.req_fd):
+            if fd is not None:
+                os.close(fd)
+        self.out.fd = self.err.fd = self.res_fd = self.req_fd = None
+
+    def not_started(self, rid: str | None, problem: str) -> dict[str, Any]:
+        if self.exited_at is None:
+            self.signal_worker(signal.SIGKILL)
+            end = _now() + UNKILLABLE_S
+            while not self._poll_exit() and _now() < end:
+                time.sleep(0.005)
+            if self.exited_at is not None:
+                self.reap()
+            self.kill_leftovers()
+        return self.report(
+            rid,
+            started=False,
+            protocolError=problem[:2000],
+            exit=None,
+            timedOut=False,
+            outputLimited=False,
+            oomKilled=False,
+            result=None,
+            stdout=None,
+            stderr=None,
+            usage=None,
+        )
+
+    def report(self, rid: str | None, **fields: Any) -> dict[str, Any]:
+        warm = None if self.ready_at is None else _ms(self.ready_at - self.spawned_at)
+        rep: dict[str, Any] = {"protocol": PROTOCOL, "id": rid, "started": False}
+        rep["protocolError"] = None
+        rep.update(fields)
+        rep["runner"] = {
+            "version": RUNNER_VERSION,
+            "language": self.config.language,
+            "warmMs": warm,
+        }
+        return rep
+
+    # -- output --------------------------------------------------------------------------------
+
+    def write_termination_log(self, text: str) -> None:
+        path = self.config.termination_log
+        if not path:
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return
+        try:
+            _write_all(fd, text.encode("ascii", errors="replace"), timeout_s=2.0)
+        finally:
+            os.close(fd)
+
+
+def _decode_status(status: int | None) -> tuple[int | None, int | None]:
+    if status is None:
+        return None, None
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), None
+    return None, None
+
+
+def _children_of(parent: int) -> list[int]:
+    kids = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return kids
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(parent).encode():
+            kids.append(int(name))
+    return kids
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def compact(report: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
+    """The report as one `CXR1 ...` line of at most `limit` bytes, shortening the bulky parts."""
+    line = "CXR1 " + dumps(report)
+    if len(line) <= limit:
+        return line
+    rep = json.loads(line[5:])  # a deep copy we may cut
+    result = rep.get("result")
+    returned = isinstance(result, dict) and result.get("kind") == "returned"
+    if returned and len(dumps(result.get("value"))) > limit // 4:
+        rep["result"] = result = {"kind": "returned", "value": None, "valueOmitted": True}
+    for budget in (2048, 1024, 512, 256, 128, 64, 0):
+        for name in ("stdout", "stderr"):
+            stream = rep.get(name)
+            if isinstance(stream, dict) and len(stream.get("text") or "") > budget:
+                stream["text"] = stream["text"][:budget]
+                stream["truncated"] = True
+        if isinstance(result, dict) and result.get("kind") == "error":
+            result["traceback"] = _clip(result.get("traceback"), budget * 2) if budget else None
+            result["message"] = _clip(result.get("message"), budget) or ""
+            result["causes"] = (result.get("causes") or [])[: budget // 256]
+        if isinstance(rep.get("protocolError"), str):
+            rep["protocolError"] = rep["protocolError"][: max(budget, 64)]
+        line = "CXR1 " + dumps(rep)
+        if len(line) <= limit:
+            return line
+    # Only fixed-size fields are left; this is unreachable with the limits above.
+    rep["result"] = None
+    return "CXR1 " + dumps(rep)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def _worker_path(language: str, explicit: str | None) -> str:
+    lang_dir, name = LANGUAGES[language]
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [explicit, os.environ.get("CODEEXEC_WORKER")]
+    candidates += [os.path.join(here, name), os.path.join(here, os.pardir, lang_dir, name)]
+    for path in candidates:
+        if path and os.path.isfile(path):
+            return os.path.abspath(path)
+    raise SystemExit(f"codeexec supervisor: no {name} found (use --worker)")
+
+
+def _worker_argv(
+    language: str, worker: str, interpreter: str | None, cg: CgroupMemory
+) -> list[str]:
+    if language == "python":
+        exe = interpreter or sys.executable or shutil.which("python3") or "/usr/bin/python3"
+        # -I: no user site, no PYTHON* variables, no script dir on sys.path (the worker adds
+        # the working directory, as `python main.py` would); -B: the root fs is read-only.
+        return [exe, "-u", "-I", "-B", worker]
+    exe = interpreter or shutil.which("node") or "/usr/bin/node"
+    argv = [exe]
+    limit = cg.limit_bytes()
+    if limit is not None:
+        # V8's heap limit above the container's: exhausting memory then ends in a kernel OOM
+        # kill (counted by the cgroup, unforgeable) rather than V8's abort (SIGABRT + text).
+        argv.append(f"--max-old-space-size={2 * limit // (1024 * 1024)}")
+    return [*argv, worker]
+
+
+def parse_args(argv: list[str]) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--language", choices=sorted(LANGUAGES), default=os.environ.get("CODEEXEC_LANGUAGE")
+    )
+    parser.add_argument("--worker", help="path of worker.py / worker.js")
+    parser.add_argument("--interpreter", help="python3 or node binary for the worker")
+    args = parser.parse_args(argv)
+    if args.language not in LANGUAGES:
+        parser.error("--language (or CODEEXEC_LANGUAGE) must be python or nodejs")
+    cg = CgroupMemory(os.environ.get("CODEEXEC_CGROUP_ROOT", "/sys/fs/cgroup"))
+    try:
+        max_processes = int(os.environ.get("CODEEXEC_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
+    except ValueError:
+        max_processes = DEFAULT_MAX_PROCESSES
+    worker = _worker_path(args.language, args.worker)
+    return Config(
+        language=args.language,
+        argv=_worker_argv(args.language, worker, args.interpreter, cg),
+        max_processes=max(max_processes, 1),
+        termination_log=os.environ.get("CODEEXEC_TERMINATION_LOG", "/dev/termination-log"),
+        cgroup=cg,
+        ready_file=os.environ.get("CODEEXEC_READY_FILE") or None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # No handlers: as PID 1 of a PID namespace this makes us immune to signals from inside.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _prctl(PR_SET_DUMPABLE, 0)
+    if os.getpid() != 1:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _ensure_std_fds()
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    supervisor = Supervisor(config)
+    try:
+        report = supervisor.run()
+    except Exception as exc:  # a bug of ours must still end in a report, never a hang
+        if supervisor.pid:
+            _killpg(supervisor.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            supervisor.kill_leftovers()
+        report = supervisor.report(
+            supervisor.request_id,
+            started=supervisor.started,
+            protocolError=f"supervisor failure: {exc!r}"[:2000],
+            exit=None,
+            timedOut=False,
+            outputLimited=False,
+            oomKilled=False,
+            result=None,
+            stdout=None,
+            stderr=None,
+            usage=None,
+        )
+    try:
+        line = "CXR1 " + dumps(report)
+    except (TypeError, ValueError, RecursionError):
+        report["result"] = None
+        line = "CXR1 " + dumps(report)
+    _write_all(1, line.encode("ascii") + b"\n")
+    supervisor.write_termination_log(compact(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
