@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the chart tooling (helm) into ~/.cache/codeexec/bin/helm-$HELM_VERSION/, built
+# from the Go module proxy: no Docker, no downloads from GitHub releases. Idempotent: a
+# second run only prints the path. Prints the helm binary's path on stdout (logs on stderr).
+#   bash e2e/tools.sh            -> /root/.cache/codeexec/bin/helm-v3.22.0/helm
+#
+# Manifests are validated against the real cluster's OpenAPI (`kubectl apply
+# --dry-run=server`, see e2e/test_chart.py) rather than with kubeconform: kubeconform fetches
+# its schemas from GitHub, which this machine cannot reach, and the cluster is the authority.
+set -euo pipefail
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+CODEEXEC_CACHE="${CODEEXEC_CACHE:-$HOME/.cache/codeexec}"
+HELM_DIR="$CODEEXEC_CACHE/bin/helm-$HELM_VERSION"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [[ ! -x "$HELM_DIR/helm" ]]; then
+  command -v go >/dev/null || { log "ERROR: go is needed to build helm"; exit 1; }
+  log "building helm $HELM_VERSION from the Go module proxy into $HELM_DIR (a few minutes)"
+  # Build into a temporary directory and rename: an interrupted build leaves no binary
+  # that a later run would mistake for a finished one.
+  rm -rf "$HELM_DIR.tmp"
+  mkdir -p "$HELM_DIR.tmp"
+  # CGO off: a static binary; version stamped so `helm version` tells the truth.
+  CGO_ENABLED=0 GOBIN="$HELM_DIR.tmp" GOFLAGS=-buildvcs=false go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
+  rm -rf "$HELM_DIR"
+  mv "$HELM_DIR.tmp" "$HELM_DIR"
+  log "built $("$HELM_DIR/helm" version --short)"
+fi
+printf '%s\n' "$HELM_DIR/helm"
