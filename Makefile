@@ -8,6 +8,12 @@ PYTEST  := $(VENV)/bin/pytest
 CLUSTER ?= $(CURDIR)/.cluster
 export KUBECONFIG ?= $(CLUSTER)/kubeconfig
 
+# The pinned versions; our own kubectl and crictl come first on PATH (a foreign kubectl may
+# be installed system-wide).
+include e2e/cluster/versions.env
+CODEEXEC_CACHE ?= $(HOME)/.cache/codeexec
+export PATH := $(CODEEXEC_CACHE)/bin/kubernetes-$(K8S_VERSION):$(CODEEXEC_CACHE)/bin/cri-tools-$(CRI_TOOLS_VERSION):$(PATH)
+
 .PHONY: help
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'

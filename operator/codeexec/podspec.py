@@ -27,7 +27,9 @@ WARM, CLAIMED = "warm", "claimed"
 # Warm pods are recycled after a day; a claim lowers this to the execution's deadline.
 WARM_DEADLINE_SECONDS = 24 * 3600
 # Room for the runner's own SIGTERM-then-SIGKILL and report before the kubelet steps in.
-DEADLINE_SLACK_SECONDS = 5
+DEADLINE_SLACK_SECONDS = 10
+READY_FILE = "/tmp/.codeexec-ready"
+
 
 UID_MIN, UID_MAX = 100_000, 2_000_000_000
 
@@ -84,7 +86,16 @@ def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, A
                     {"name": "CODEEXEC_LANGUAGE", "value": spec.language},
                     {"name": "CODEEXEC_MAX_PROCESSES", "value": str(spec.max_processes)},
                     {"name": "HOME", "value": "/tmp"},
+                    {"name": "CODEEXEC_READY_FILE", "value": READY_FILE},
                 ],
+                # Warm means imports done: the supervisor touches the file when its worker is
+                # ready. A startup probe stops once it passes, so a warm pod costs no probes.
+                "startupProbe": {
+                    "exec": {"command": ["test", "-e", READY_FILE]},
+                    "periodSeconds": 1,
+                    "failureThreshold": 300,
+                    "timeoutSeconds": 5,
+                },
                 "resources": {"limits": limits, "requests": requests},
                 "securityContext": {
                     "allowPrivilegeEscalation": False,

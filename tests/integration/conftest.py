@@ -133,7 +133,8 @@ def installed(cluster: Cluster) -> Cluster:
     }
     cluster.apply(namespace)
     for pool in (
-        pool_manifest("python", "python", default=True, size=3),
+        # A low process limit makes a fork bomb hit it long before the memory limit.
+        pool_manifest("python", "python", default=True, size=3, maxProcesses=16),
         pool_manifest("nodejs", "nodejs", default=True, size=2),
     ):
         cluster.apply(pool)

@@ -104,7 +104,7 @@ class SandboxPoolSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     allow_network: bool = False
     scratch_size_limit: str = "64Mi"
-    max_processes: int = Field(default=256, ge=1)
+    max_processes: int = Field(default=64, ge=1)
     ready_timeout_seconds: int = Field(default=120, ge=5)
     queue_timeout_seconds: int = Field(default=120, ge=1)
 
