@@ -48,9 +48,22 @@ cluster-down: ## stop the local cluster and remove its state
 images: ## build the project's images and load them into the cluster
 	bash e2e/cluster/images.sh
 
+.PHONY: tools
+tools: ## build helm from the Go module proxy into ~/.cache/codeexec/bin
+	bash e2e/tools.sh
+
 .PHONY: integration
-integration: venv cluster-up ## integration and end-to-end tests against the real cluster
+integration: venv tools cluster-up images ## integration and end-to-end tests against the real cluster
 	$(PYTEST) -q tests/integration e2e
+
+.PHONY: demo
+demo: venv ## the chart on a cluster (the local one, or KUBECONFIG's), every example, a results table
+	CLUSTER=$(CLUSTER) bash e2e/demo.sh
+
+.PHONY: docs
+docs: venv ## regenerate docs/api.md from crds/ and copy the CRDs into the chart
+	$(PY) -m codeexec.apidocs --crds crds --out docs/api.md
+	cp crds/*.yaml charts/codeexec-operator/crds/
 
 .PHONY: test
 test: lint unit integration ## everything CI runs

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from codeexec import podspec
+from codeexec import metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView, view
 
@@ -55,7 +55,6 @@ class Broker:
         self.namespace = namespace
         self._queues: dict[str, _PoolQueue] = {}
         self._seq = itertools.count()
-        self.conflicts = 0
 
     def waiting(self, pool: str) -> int:
         q = self._queues.get(pool)
@@ -138,19 +137,20 @@ class Broker:
         self, pod: PodView, execution_uid: str, execution_ref: str, timeout_seconds: int
     ) -> Claimed | None:
         now = datetime.now().astimezone()
-        started = pod.start_time and datetime.fromisoformat(pod.start_time.replace("Z", "+00:00"))
-        age = int((now - started).total_seconds()) if started else 0
-        # The kubelet counts activeDeadlineSeconds from the pod's start: it may only be lowered.
-        deadline = min(
-            podspec.WARM_DEADLINE_SECONDS,
-            age + timeout_seconds + podspec.DEADLINE_SLACK_SECONDS,
-        )
+        # The kubelet counts activeDeadlineSeconds from the pod's start and it may only be
+        # lowered. Too low kills the code early; too high only delays the kubelet's backstop
+        # (the runner enforces the timeout itself). So round up, and never guess the start.
+        deadline = podspec.WARM_DEADLINE_SECONDS
+        if pod.start_time:
+            started = datetime.fromisoformat(pod.start_time.replace("Z", "+00:00"))
+            age = max(0, int((now - started).total_seconds()) + 1)
+            deadline = min(deadline, age + timeout_seconds + podspec.DEADLINE_SLACK_SECONDS)
         patch = podspec.claim_patch(execution_uid, execution_ref, pod.resource_version, deadline)
         try:
             body = await self.kube.patch(PODS, pod.name, patch, self.namespace)
         except ApiError as err:
             if err.conflict or err.not_found or err.status == 422:
-                self.conflicts += 1
+                metrics.CLAIM_CONFLICTS.inc()
                 log.debug("claim of %s lost (%s); trying another pod", pod.name, err.status)
                 await self._refresh(pod.name)
                 return None

@@ -71,6 +71,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = not any(ch in "".join(cfg.namespaces) for ch in "*?[!")
 
     kube = Kube(config.load())
+    # Serve /healthz from the start: a standby replica waiting for the lease is alive, just
+    # not ready.
+    ready = asyncio.Event()
+    STATE.web = await web.start(cfg.metrics_port, ready.is_set)
     leadership: list[asyncio.Task[None]] = []
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, cfg.identity)
@@ -95,7 +99,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await pools.initial_sync()
     await asyncio.wait_for(cache.synced.wait(), timeout=60)
     await pools.collect_orphans()
-    STATE.web = await web.start(cfg.metrics_port, lambda: cache.synced.is_set())
+    ready.set()
 
 
 async def ensure_network_policies(kube: Kube, namespace: str) -> None:

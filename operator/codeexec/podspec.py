@@ -27,7 +27,7 @@ WARM, CLAIMED = "warm", "claimed"
 # Warm pods are recycled after a day; a claim lowers this to the execution's deadline.
 WARM_DEADLINE_SECONDS = 24 * 3600
 # Room for the runner's own SIGTERM-then-SIGKILL and report before the kubelet steps in.
-DEADLINE_SLACK_SECONDS = 10
+DEADLINE_SLACK_SECONDS = 30
 READY_FILE = "/tmp/.codeexec-ready"
 
 

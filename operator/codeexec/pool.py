@@ -10,13 +10,14 @@ lagging cache does not cause over-provisioning.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from codeexec import podspec
+from codeexec import metrics, podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
@@ -91,6 +92,9 @@ class PoolManager:
 
     async def remove(self, name: str) -> None:
         pool = self.pools.pop(name, None)
+        for gauge in (metrics.POOL_READY, metrics.POOL_WARMING, metrics.POOL_CLAIMED):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
         if pool and pool.task:
             pool.task.cancel()
         for pod in list(self.cache.of_pool(name)):
@@ -223,6 +227,9 @@ class PoolManager:
             log.debug("pod %s changed since we looked; not deleting it", pod.name)
 
     async def _report(self, pool: Pool, counts: Counts) -> None:
+        metrics.POOL_READY.labels(pool.name).set(counts.ready)
+        metrics.POOL_WARMING.labels(pool.name).set(counts.warming)
+        metrics.POOL_CLAIMED.labels(pool.name).set(counts.claimed)
         full = counts.ready >= pool.spec.size
         status = {
             "ready": counts.ready,

@@ -1,0 +1,77 @@
+{{/*
+Names. `fullname` prefixes every namespaced object and every cluster-scoped one (ClusterRoles,
+bindings), so two releases in one cluster never collide.
+*/}}
+{{- define "codeexec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "codeexec.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "codeexec.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object the chart creates; `helm uninstall` checks rely on `instance`. */}}
+{{- define "codeexec.labels" -}}
+helm.sh/chart: {{ include "codeexec.chart" . }}
+{{ include "codeexec.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: codeexec
+{{- end }}
+
+{{- define "codeexec.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "codeexec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "codeexec.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "codeexec.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "codeexec.sandboxNamespace" -}}
+{{- .Values.sandbox.namespace.name }}
+{{- end }}
+
+{{- define "codeexec.leaseName" -}}
+{{- default (include "codeexec.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Leader election is forced on with more than one replica: without it every replica would run
+every execution. A single replica may opt in (it then survives a stuck predecessor on a
+partitioned node, at the cost of a lease round-trip at start-up).
+*/}}
+{{- define "codeexec.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{- define "codeexec.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The value of the `codeexec.io/instance` label that ties pools to this installation. */}}
+{{- define "codeexec.instance" -}}
+{{- default (include "codeexec.fullname" .) .Values.operator.instance }}
+{{- end }}
