@@ -56,6 +56,22 @@ tools: ## build helm from the Go module proxy into ~/.cache/codeexec/bin
 integration: venv tools cluster-up images ## integration and end-to-end tests against the real cluster
 	$(PYTEST) -q tests/integration e2e
 
+.PHONY: bench-deps
+bench-deps: venv
+	$(VENV)/bin/pip install -q 'matplotlib>=3.8'
+
+.PHONY: bench
+bench: bench-deps cluster-up images ## warm vs cold latency, throughput vs raw pod churn, operator cost -> bench/results.*
+	$(PY) -m bench
+
+.PHONY: chaos
+chaos: venv cluster-up images ## 200 executions while the operator is SIGKILLed and sandbox pods are deleted
+	$(PY) -m bench.chaos
+
+.PHONY: scale
+scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operator restart: time to ready, RSS, requests
+	$(PY) -m bench.scale
+
 .PHONY: demo
 demo: venv ## the chart on a cluster (the local one, or KUBECONFIG's), every example, a results table
 	CLUSTER=$(CLUSTER) bash e2e/demo.sh

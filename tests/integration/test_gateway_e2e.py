@@ -83,12 +83,14 @@ async def start_gateway(cluster: Cluster, namespace: str, **cfg: Any) -> AsyncIt
     # The session's own pools, named: other installations on a shared cluster have default
     # pools too.
     cfg.setdefault("pools", {"python": "python", "nodejs": "nodejs"})
+    # The gateway gives up first, so a stuck execution shows up as an answer that says so.
+    cfg.setdefault("wait_timeout", 240.0)
     gw_cfg = GatewayConfig(namespace=namespace, **cfg)
     backend = make_backend(gw_cfg, conn)
     app = build_app(gw_cfg, backend)
     kube = Kube(conn)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), timeout=aiohttp.ClientTimeout(total=600)) as client:
             yield Gateway(client, app, kube, namespace)
     finally:
         await backend.close()
@@ -186,6 +188,7 @@ CASES = [
         "program-error-exit-code",
         "import sys\ndef main():\n    sys.exit(3)\n",
         {**PROGRAM_ERROR, "exit_code": 3},
+        stderr_has=("exited with code 3",),
     ),
     Case(
         "program-error-nodejs-throw",
@@ -275,7 +278,7 @@ async def answers(operator: OperatorProcess, cluster: Cluster) -> AsyncIterator[
     conn = config.from_kubeconfig(str(cluster.kubeconfig))
     assert conn is not None
     kube = Kube(conn)
-    ns = f"gateway-{uuid.uuid4().hex[:6]}"
+    ns = f"e2e-gateway-{uuid.uuid4().hex[:6]}"  # the session operator serves e2e-*
     await kube.create(NAMESPACES, {"metadata": {"name": ns}})
     try:
         async with start_gateway(cluster, ns, max_concurrency=len(CASES), timeout_seconds=8) as gw:
@@ -490,5 +493,26 @@ async def test_healthz_answers_ok_while_the_pools_serve(
     operator: OperatorProcess, cluster: Cluster, namespace: str
 ) -> None:
     async with start_gateway(cluster, namespace) as gw:
+        answers: list[tuple[int, Any]] = []
+
+        async def ok() -> bool:
+            resp = await gw.client.get("/healthz")
+            answers.append((resp.status, await resp.json()))
+            return resp.status == 200
+
+        # Right after a burst a pool may briefly have only warming pods (not serving).
+        try:
+            await eventually(ok, what="/healthz to answer ok")
+        except TimeoutError:
+            pytest.fail(f"/healthz never answered ok; last answers: {answers[-3:]}")
+        assert answers[-1] == (200, {"status": "ok"})
+
+
+async def test_healthz_answers_503_without_a_serving_pool(
+    operator: OperatorProcess, cluster: Cluster, namespace: str
+) -> None:
+    missing = {"python": "no-such-pool", "nodejs": "no-such-pool"}
+    async with start_gateway(cluster, namespace, pools=missing) as gw:
         resp = await gw.client.get("/healthz")
-        assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        body = await resp.json()
+    assert resp.status == 503 and body["status"] == "unavailable" and body["detail"], body

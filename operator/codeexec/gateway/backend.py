@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from codeexec.api.models import CodeExecution, Language
-from codeexec.client import Client
+from codeexec.client import Client, WaitTimeout
 from codeexec.gateway.config import GatewayConfig
 from codeexec.gateway.request import RunRequest
 from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Kube, sleep_backoff
@@ -161,12 +161,7 @@ class KubeBackend:
                 if err.status in (400, 422):
                     raise Rejected(str(err.body.get("message") or err)) from err
                 raise
-            try:
-                return await self.client.wait(name, timeout=self.cfg.wait_timeout)
-            except ApiError as err:
-                if err.not_found:
-                    raise Vanished(f"CodeExecution {name} was deleted before it finished") from err
-                raise
+            return await self._wait(name)
         finally:
             cleanup = asyncio.create_task(self._cleanup(name, create), name=f"delete-{name}")
             self._cleanups.add(cleanup)
@@ -178,6 +173,31 @@ class KubeBackend:
                 await asyncio.wait([cleanup], timeout=DELETE_WAIT_SECONDS)
             # A cancelled request (client gone) leaves at once; the delete finishes in the
             # background and `close` waits for it.
+
+    async def _wait(self, name: str) -> CodeExecution:
+        """`Client.wait`, resumed across broken watches and API server restarts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.wait_timeout
+        attempt = 0
+        while True:
+            try:
+                return await self.client.wait(name, timeout=max(0.0, deadline - loop.time()))
+            except WaitTimeout:
+                raise
+            except ApiError as err:
+                if err.not_found:
+                    raise Vanished(f"CodeExecution {name} was deleted before it finished") from err
+                if err.status < 500 and err.status != 429:
+                    raise
+                failure: Exception = err
+            except (aiohttp.ClientError, OSError) as err:
+                failure = err
+            # The execution goes on in the cluster meanwhile; only our view of it broke.
+            if loop.time() >= deadline:
+                raise WaitTimeout(f"{name}: the API server was unreachable: {failure}")
+            log.info("waiting for %s again after: %s", name, failure)
+            await sleep_backoff(attempt)
+            attempt += 1
 
     async def _cleanup(self, name: str, create: asyncio.Future[Any]) -> None:
         try:

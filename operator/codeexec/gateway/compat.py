@@ -232,7 +232,9 @@ def _exit_code(reason: Reason | None, res: ExecutionResult) -> int:
 def _evidence(reason: Reason | None, res: ExecutionResult, message: str) -> str | None:
     """What stderr must add so that every failure explains itself."""
     if reason is Reason.NON_ZERO_EXIT:
-        return None  # the program chose its exit code; its own stderr is the whole story
+        # The program chose its exit code: its own stderr tells why, unless it said nothing,
+        # and a silent failure would pass for an empty success with the original's clients.
+        return None if res.stderr.strip() else message or f"exit code {res.exit_code}"
     err = res.error
     if err is not None and err.traceback:
         return err.traceback

@@ -1,0 +1,673 @@
+"""`make bench`: the warm path against the cold baseline, throughput against raw pod churn,
+and what the operator costs, all in one run on the local cluster.
+
+    .venv/bin/python -m bench [--smoke] [-n N] [--cold-n N] [-c C] [--duration S]
+
+1. Warm: N sequential `CodeExecution`s of a trivial `main` per language; latency from the
+   client's create call to the terminal status arriving on the client's watch. Before each one
+   the pool is let refill, so each measures the warm path and not a starved pool (that is
+   what 3 measures). The operator's own breakdown comes from its /metrics, scraped around.
+2. Cold: the same program, one bare pod per execution (the pool's image and hardened spec,
+   image already on the node): create, watch until it terminates, read its log.
+3. Throughput: C concurrent clients for a fixed time, then C workers churning bare pods
+   (create, run to completion, delete) for the same time; completions per second of each.
+4. Cost: CPU seconds per execution and peak RSS of the operator process (/proc, sampled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import (
+    BENCH_DIR,
+    REPO,
+    ApiProbe,
+    Informer,
+    MachineLoad,
+    Metrics,
+    Operator,
+    Waiters,
+    apiserver_metrics,
+    bare_pod,
+    cleanup,
+    counter_delta,
+    create_namespace,
+    create_pool,
+    ensure_crds,
+    histogram_delta,
+    images_present,
+    kubelet_metrics,
+    machine_info,
+    node_info,
+    pool_ready,
+    raw_get,
+    results_paths,
+    run_lock,
+    run_main,
+    save_section,
+    setup_logging,
+    summarize,
+    utcnow,
+    wait_cluster,
+    wait_namespaces_gone,
+    wait_no_foreign_operator,
+    wait_pools_full,
+)
+from codeexec.api.models import Language
+from codeexec.client import Client
+from codeexec.kube.client import CODE_EXECUTIONS, PODS, SANDBOX_POOLS, ApiError, Kube
+
+log = logging.getLogger("bench")
+
+SANDBOX_NS = "bench-sandbox"
+TENANT_NS = "bench-tenant"
+COLD_NS = "bench-cold"
+POOLS = {"python": "bench-python", "nodejs": "bench-nodejs"}
+LANGS: tuple[Language, ...] = ("python", "nodejs")
+
+# The trivial program, the same for both paths.
+WARM_CODE = {
+    "python": "def main():\n    return 42\n",
+    "nodejs": "function main() {\n  return 42;\n}\nmodule.exports = { main };\n",
+}
+# The cold pod runs it directly with the image's interpreter (no supervisor, no warm
+# worker): the cheapest way a bare pod can run it, so the baseline is not handicapped.
+COLD_COMMAND = {
+    "python": [
+        "python3",
+        "-c",
+        WARM_CODE["python"] + "import json, sys\nsys.stdout.write(json.dumps(main()))\n",
+    ],
+    "nodejs": [
+        "node",
+        "-e",
+        "const m = { exports: {} };\n(function (module, exports) {\n"
+        + WARM_CODE["nodejs"]
+        + "})(m, m.exports);\nprocess.stdout.write(JSON.stringify(m.exports.main()));\n",
+    ],
+}
+EXPECTED = 42
+
+
+@dataclass
+class Sample:
+    ok: bool
+    total_ms: float
+    create_ms: float
+    detail: str = ""
+    to_running_ms: float | None = None
+    queued_ms: float | None = None
+    run_ms: float | None = None
+    watch_events: int = 0
+
+
+class Bench:
+    def __init__(self, kube: Kube, op: Operator, args: argparse.Namespace) -> None:
+        self.kube, self.op, self.args = kube, op, args
+        self.client = Client(kube, TENANT_NS)
+        self.cx_waiters = Waiters()
+        self.pod_waiters = Waiters()
+        self.token = secrets.token_hex(2)
+        self.seq = 0
+        self.probe = ApiProbe(kube)
+
+    def name(self, prefix: str) -> str:
+        self.seq += 1
+        return f"{prefix}-{self.token}-{self.seq:05d}"
+
+    # ---- one execution / one bare pod --------------------------------------------------
+
+    async def warm_one(self, language: Language, timeout: float = 120) -> Sample:
+        name = self.name("w" + language[:2])
+        fut = self.cx_waiters.expect(name)
+        body = self.client.manifest(
+            WARM_CODE[language], language=language, pool=POOLS[language], name=name
+        )
+        t0 = time.perf_counter()
+        try:
+            await self.kube.create(CODE_EXECUTIONS, body, TENANT_NS)
+            t_created = time.perf_counter()
+            t_done, obj = await asyncio.wait_for(fut, timeout)
+        except (ApiError, TimeoutError, RuntimeError) as err:
+            self.cx_waiters.forget(name)
+            return Sample(False, (time.perf_counter() - t0) * 1000, 0, f"{name}: {err!r}")
+        phases = self.cx_waiters.phases.get(name, {})
+        events = self.cx_waiters.events.get(name, 0)
+        self.cx_waiters.forget(name)
+        status = obj.get("status") or {}
+        result = status.get("result") or {}
+        pool = (status.get("sandbox") or {}).get("pool")
+        ok = status.get("reason") == "Succeeded" and result.get("returnValue") == EXPECTED
+        detail = "" if ok else f"{name}: {status.get('reason')} {status.get('message')!r}"
+        if pool is not None and pool != POOLS[language]:
+            ok, detail = False, f"{name}: ran in foreign pool {pool!r} (another operator?)"
+        running = phases.get("Running")
+        return Sample(
+            ok,
+            (t_done - t0) * 1000,
+            (t_created - t0) * 1000,
+            detail,
+            to_running_ms=(running - t0) * 1000 if running else None,
+            queued_ms=status.get("queuedMs"),
+            run_ms=result.get("wallMs"),
+            watch_events=events,
+        )
+
+    async def cold_one(self, language: str, *, delete: bool = True, timeout: float = 120) -> Sample:
+        name = self.name("c" + language[:2])
+        fut = self.pod_waiters.expect(name)
+        pod = bare_pod(name, language, COLD_NS, COLD_COMMAND[language], {"bench-run": self.token})
+        t0 = time.perf_counter()
+        try:
+            await self.kube.create(PODS, pod, COLD_NS)
+            t_created = time.perf_counter()
+            t_term, obj = await asyncio.wait_for(fut, timeout)
+            output = await raw_get(self.kube, f"/api/v1/namespaces/{COLD_NS}/pods/{name}/log")
+            t_done = time.perf_counter()
+        except (ApiError, TimeoutError, RuntimeError) as err:
+            self.pod_waiters.forget(name)
+            await self.kube.delete(PODS, name, COLD_NS, grace_period=0)
+            return Sample(False, (time.perf_counter() - t0) * 1000, 0, f"{name}: {err!r}")
+        self.pod_waiters.forget(name)
+        phase = (obj.get("status") or {}).get("phase")
+        ok = phase == "Succeeded" and output.strip() == json.dumps(EXPECTED)
+        if delete:
+            await self.kube.delete(PODS, name, COLD_NS, grace_period=0)
+        return Sample(
+            ok,
+            (t_done - t0) * 1000,
+            (t_created - t0) * 1000,
+            "" if ok else f"{name}: {phase} output {output[:200]!r}",
+            to_running_ms=(t_term - t0) * 1000,  # here: until the pod is seen terminated
+        )
+
+    # ---- phases ----------------------------------------------------------------------
+
+    async def settle(self, language: str, want: int, timeout: float = 60) -> tuple[float, int]:
+        """Waits until the pool has `want` ready pods; returns (seconds waited, ready now)."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while (ready := await pool_ready(self.kube, POOLS[language])) < want:
+            if time.monotonic() > deadline:
+                log.warning("pool %s: %d ready after %.0fs", POOLS[language], ready, timeout)
+                break
+            await asyncio.sleep(0.05)
+        return time.monotonic() - t0, ready
+
+    async def warm_series(self, language: Language, n: int, size: int) -> dict[str, Any]:
+        """Sequential executions, each started when the pool has a ready pod (`--settle one`:
+        no queueing, replacements may still be warming up beside it) or is full again
+        (`--settle full`: nothing else starting on the node)."""
+        want = size if self.args.settle == "full" else 1
+        for _ in range(self.args.warmup):  # not measured: first-use costs of both sides
+            await self.settle(language, size)
+            await self.warm_one(language)
+        await self.settle(language, size)
+        m0, a0 = await self.op.metrics(), await apiserver_metrics(self.kube)
+        cpu0 = self.op.sampler.cpu_seconds()
+        profiler = self.start_profile(f"warm-{language}")
+        mark = self.probe.mark()
+        samples: list[Sample] = []
+        full: list[bool] = []
+        settle_s = 0.0
+        t0 = time.monotonic()
+        for i in range(n):
+            ready = size
+            if i:
+                waited, ready = await self.settle(language, want)
+                settle_s += waited
+            full.append(ready >= size)
+            samples.append(await self.warm_one(language))
+        busy_s = time.monotonic() - t0 - settle_s
+        cpu1 = self.op.sampler.cpu_seconds()
+        profile = self.stop_profile(profiler)
+        m1, a1 = await self.op.metrics(), await apiserver_metrics(self.kube)
+        out = self.summarize_samples(samples)
+        out["settle"] = self.args.settle
+        out["latency_ms_pool_full"] = summarize(
+            [x.total_ms for x, f in zip(samples, full, strict=True) if x.ok and f]
+        )
+        out["latency_ms_pool_refilling"] = summarize(
+            [x.total_ms for x, f in zip(samples, full, strict=True) if x.ok and not f]
+        )
+        out["api_probe"] = self.probe.summary(mark)
+        out["operator_breakdown"] = operator_breakdown(m0, m1, language)
+        out["operator_api_requests_per_execution"] = per_execution(
+            counter_delta(m0, m1, "bench_operator_api_requests_total", ("verb", "resource")), n
+        )
+        out["apiserver"] = apiserver_breakdown(a0, a1)
+        out["operator_cpu_seconds"] = round(cpu1 - cpu0, 3)
+        # Every execution must have been finished by our operator, not another one.
+        processed = counter_delta(m0, m1, "codeexec_executions_total", ("reason",))
+        out["finished_by_our_operator"] = int(sum(processed.values()))
+        out["pool_refill_wait_seconds_total"] = round(settle_s, 2)
+        out["wall_seconds_excluding_refill"] = round(busy_s, 2)
+        if profile:
+            out["profile"] = profile
+        return out
+
+    async def cold_series(self, language: str, n: int) -> dict[str, Any]:
+        for _ in range(self.args.warmup):
+            await self.cold_one(language)
+        k0 = await kubelet_metrics(self.kube)
+        a0 = await apiserver_metrics(self.kube)
+        mark = self.probe.mark()
+        samples = [await self.cold_one(language) for _ in range(n)]
+        k1 = await kubelet_metrics(self.kube)
+        a1 = await apiserver_metrics(self.kube)
+        out = self.summarize_samples(samples, running_key="until_terminated_seen_ms")
+        out["api_probe"] = self.probe.summary(mark)
+        if k0 is not None and k1 is not None:
+            out["kubelet"] = kubelet_breakdown(k0, k1)
+        out["apiserver"] = apiserver_breakdown(a0, a1)
+        return out
+
+    def summarize_samples(
+        self, samples: list[Sample], running_key: str = "to_running_seen_ms"
+    ) -> dict[str, Any]:
+        good = [s for s in samples if s.ok]
+        out: dict[str, Any] = {
+            "n": len(samples),
+            "failed": len(samples) - len(good),
+            "failures": [s.detail for s in samples if not s.ok][:10],
+            "latency_ms": summarize([s.total_ms for s in good]),
+            "create_call_ms": summarize([s.create_ms for s in good]),
+            running_key: summarize([s.to_running_ms for s in good if s.to_running_ms is not None]),
+            "samples_ms": [round(s.total_ms, 1) for s in good],
+        }
+        queued = [float(s.queued_ms) for s in good if s.queued_ms is not None]
+        if queued:
+            out["status_queued_ms"] = summarize(queued)
+        run = [float(s.run_ms) for s in good if s.run_ms is not None]
+        if run:
+            out["runner_wall_ms"] = summarize(run)
+        events = [float(s.watch_events) for s in good]
+        if any(events):
+            out["watch_events_per_execution"] = round(sum(events) / len(events), 2)
+        return out
+
+    async def throughput(self, size: int, clients: int, duration: float) -> dict[str, Any]:
+        """C clients in a loop for `duration`; completions inside the window count."""
+        language: Language = "python"
+        await create_pool(self.kube, POOLS[language], language, size)
+        await wait_pools_full(self.kube, {POOLS[language]: size})
+        m0, cpu0 = await self.op.metrics(), self.op.sampler.cpu_seconds()
+        mark = self.probe.mark()
+        start = time.perf_counter()
+        stop_at = start + duration
+        done: list[tuple[float, Sample]] = []
+
+        async def client() -> None:
+            while time.perf_counter() < stop_at:
+                s = await self.warm_one(language, timeout=duration + 120)
+                done.append((time.perf_counter() - start, s))
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        cpu1, m1 = self.op.sampler.cpu_seconds(), await self.op.metrics()
+        out = window_rates(done, duration)
+        out["clients"], out["pool_size"] = clients, size
+        out["api_probe"] = self.probe.summary(mark)
+        out["latency_ms"] = summarize([s.total_ms for _, s in done if s.ok])
+        out["failures"] = [s.detail for _, s in done if not s.ok][:10]
+        out["operator_cpu_seconds"] = round(cpu1 - cpu0, 3)
+        out["executions_total"] = len(done)
+        out["operator_breakdown"] = operator_breakdown(m0, m1, language)
+        reasons = counter_delta(m0, m1, "codeexec_executions_total", ("reason",))
+        out["reasons"] = {k: int(v) for k, v in reasons.items()}
+        out["pending_writes"] = int(
+            histogram_delta(m0, m1, "codeexec_step_seconds", step="status_write")["count"]
+            - 2 * len(done)
+        )
+        return out
+
+    async def churn(self, workers: int, duration: float) -> dict[str, Any]:
+        """Bare pods: create, run to completion, delete; C workers for `duration`."""
+        mark = self.probe.mark()
+        start = time.perf_counter()
+        stop_at = start + duration
+        done: list[tuple[float, Sample]] = []
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                s = await self.cold_one("python", timeout=duration + 120)
+                done.append((time.perf_counter() - start, s))
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        out = window_rates(done, duration)
+        out["workers"] = workers
+        out["api_probe"] = self.probe.summary(mark)
+        out["latency_ms"] = summarize([s.total_ms for _, s in done if s.ok])
+        out["failures"] = [s.detail for _, s in done if not s.ok][:10]
+        return out
+
+    # ---- py-spy ------------------------------------------------------------------------
+
+    def start_profile(self, label: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+        if not self.args.profile:
+            return None
+        exe = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
+        if not Path(exe).exists():
+            log.warning("py-spy not installed: no profile")
+            return None
+        out = BENCH_DIR / f"profile-{label}.txt.tmp"
+        proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(self.op.pid),
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return proc, out
+
+    def stop_profile(self, handle: tuple[subprocess.Popen[bytes], Path] | None) -> dict[str, Any]:
+        if handle is None:
+            return {}
+        proc, out = handle
+        proc.send_signal(2)  # SIGINT: py-spy writes what it has
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return report.summarize_profile(out)
+
+
+# ---- helpers over metrics ---------------------------------------------------------------------
+
+
+def operator_breakdown(m0: Metrics, m1: Metrics, language: str) -> dict[str, Any]:
+    return {
+        "queue_wait": histogram_delta(m0, m1, "codeexec_queue_wait_seconds", language=language),
+        "claim": histogram_delta(m0, m1, "codeexec_step_seconds", step="claim"),
+        "status_write": histogram_delta(m0, m1, "codeexec_step_seconds", step="status_write"),
+        "deliver_and_run": histogram_delta(m0, m1, "codeexec_step_seconds", step="deliver_and_run"),
+        "runner_wall": histogram_delta(m0, m1, "codeexec_run_seconds", language=language),
+        "end_to_end": histogram_delta(m0, m1, "codeexec_end_to_end_seconds", language=language),
+    }
+
+
+def per_execution(counts: dict[str, float], n: int) -> dict[str, float]:
+    out = {k: round(v / n, 2) for k, v in counts.items()} if n else {}
+    out["total"] = round(sum(counts.values()) / n, 2) if n else 0.0
+    return out
+
+
+def apiserver_breakdown(a0: Metrics, a1: Metrics) -> dict[str, Any]:
+    """Mean server-side latency and count of the requests our paths make, cluster-wide."""
+    wanted = [
+        ("POST", "codeexecutions", ""),
+        ("PATCH", "codeexecutions", "status"),
+        ("PATCH", "pods", ""),
+        ("POST", "pods", ""),
+        ("DELETE", "pods", ""),
+        ("CONNECT", "pods", "attach"),
+        ("GET", "pods", "log"),
+        ("POST", "events", ""),
+        ("PATCH", "sandboxpools", "status"),
+    ]
+    out: dict[str, Any] = {}
+    for verb, resource, sub in wanted:
+        match = {"verb": verb, "resource": resource, "subresource": sub}
+        count = a1.total("apiserver_request_duration_seconds_count", **match) - a0.total(
+            "apiserver_request_duration_seconds_count", **match
+        )
+        total = a1.total("apiserver_request_duration_seconds_sum", **match) - a0.total(
+            "apiserver_request_duration_seconds_sum", **match
+        )
+        if count > 0:
+            key = f"{verb} {resource}{'/' + sub if sub else ''}"
+            out[key] = {"count": int(count), "mean_ms": round(1000 * total / count, 1)}
+    return out
+
+
+def kubelet_breakdown(k0: Metrics, k1: Metrics) -> dict[str, Any]:
+    """Where a cold pod's time goes on the node, from the kubelet's own histograms."""
+    out: dict[str, Any] = {}
+    for name, label in (
+        ("kubelet_pod_start_sli_duration_seconds", None),
+        ("kubelet_pod_start_duration_seconds", None),
+        ("kubelet_pod_worker_duration_seconds", "operation_type"),
+        ("kubelet_runtime_operations_duration_seconds", "operation_type"),
+    ):
+        if f"{name}_count" not in k1.samples:
+            continue
+        if label is None:
+            h = histogram_delta(k0, k1, name)
+            if h["count"]:
+                out[name] = h
+            continue
+        keys = {dict(k).get(label, "") for k in k1.samples[f"{name}_count"]}
+        per: dict[str, Any] = {}
+        for key in sorted(keys):
+            h = histogram_delta(k0, k1, name, **{label: key})
+            if h["count"]:
+                per[key] = {"count": h["count"], "mean_ms": h.get("mean_ms")}
+        if per:
+            out[name] = per
+    return out
+
+
+def window_rates(done: list[tuple[float, Sample]], duration: float) -> dict[str, Any]:
+    ok = [t for t, s in done if s.ok]
+    inside = [t for t in ok if t <= duration]
+    second_half = [t for t in inside if t > duration / 2]
+    return {
+        "duration_seconds": duration,
+        "completed_in_window": len(inside),
+        "per_second": round(len(inside) / duration, 3),
+        "per_second_second_half": round(len(second_half) / (duration / 2), 3),
+        "failed": sum(1 for _, s in done if not s.ok),
+    }
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> int:
+    kube = await wait_cluster(timeout=args.cluster_timeout)
+    try:
+        return await run_on(kube, args)
+    finally:
+        await kube.close()
+
+
+async def run_on(kube: Kube, args: argparse.Namespace) -> int:
+    await ensure_crds(kube)
+    present = await images_present(kube)
+    if not all(present.values()):
+        log.error("sandbox images missing on the node: %s (run make images)", present)
+        return 2
+    await cleanup(kube)  # leftovers of a killed run
+    await wait_namespaces_gone(kube, [SANDBOX_NS, TENANT_NS, COLD_NS])
+    machine = machine_info()
+    load = MachineLoad()
+    result: dict[str, Any] = {
+        "started": utcnow(),
+        "smoke": args.smoke,
+        "parameters": {
+            "n": args.n,
+            "cold_n": args.cold_n,
+            "warmup": args.warmup,
+            "clients": args.clients,
+            "duration_seconds": args.duration,
+            "pool_size": args.pool_size,
+            "profile": args.profile,
+        },
+        "machine": machine,
+        "cluster": await node_info(kube),
+    }
+    op = Operator(sandbox_namespace=SANDBOX_NS, namespaces=[TENANT_NS], log_name="bench-operator")
+    tasks: list[asyncio.Task[None]] = []
+    bench: Bench | None = None
+    log_start = op.log_size()
+    try:
+        await create_namespace(kube, SANDBOX_NS, restricted=True)
+        await create_namespace(kube, TENANT_NS)
+        await create_namespace(kube, COLD_NS, restricted=True)
+        await wait_no_foreign_operator(kube, TENANT_NS, args.foreign_wait)
+        sizes = {POOLS[lang]: args.pool_size for lang in LANGS}
+        for lang in LANGS:
+            await create_pool(kube, POOLS[lang], lang, args.pool_size)
+        result["operator_ready_seconds"] = round(await op.start(), 2)
+        result["pools_full_seconds"] = round(await wait_pools_full(kube, sizes), 2)
+        bench = Bench(kube, op, args)
+        informers = [
+            Informer(kube, CODE_EXECUTIONS, TENANT_NS, bench.cx_waiters.on_event),
+            Informer(kube, PODS, COLD_NS, bench.pod_waiters.on_event),
+        ]
+        tasks = [asyncio.create_task(i.run()) for i in informers]
+        for i in informers:
+            await asyncio.wait_for(i.synced.wait(), 30)
+        bench.probe.start()
+
+        warm: dict[str, Any] = {}
+        for lang in LANGS:
+            log.info("warm %s: %d sequential executions", lang, args.n)
+            warm[lang] = await bench.warm_series(lang, args.n, args.pool_size)
+            log.info("warm %s: %s", lang, warm[lang]["latency_ms"])
+        cold: dict[str, Any] = {}
+        for lang in LANGS:
+            log.info("cold %s: %d sequential bare pods", lang, args.cold_n)
+            idle0 = op.sampler.cpu_seconds()
+            t_idle = time.monotonic()
+            cold[lang] = await bench.cold_series(lang, args.cold_n)
+            cold[lang]["operator_idle_cpu_per_second"] = round(
+                (op.sampler.cpu_seconds() - idle0) / (time.monotonic() - t_idle), 4
+            )
+            log.info("cold %s: %s", lang, cold[lang]["latency_ms"])
+        result["warm"], result["cold"] = warm, cold
+        result["warm_vs_cold"] = {
+            lang: {
+                q: report.speedup(cold[lang]["latency_ms"].get(q), warm[lang]["latency_ms"].get(q))
+                for q in ("p50", "p99")
+            }
+            for lang in LANGS
+        }
+        log.info("throughput: %d clients for %.0fs", args.clients, args.duration)
+        tp = await bench.throughput(max(args.pool_size, args.clients), args.clients, args.duration)
+        log.info("throughput: %s/s", tp["per_second"])
+        log.info("raw pod churn: %d workers for %.0fs", args.clients, args.duration)
+        ch = await bench.churn(args.clients, args.duration)
+        log.info("raw pod churn: %s/s", ch["per_second"])
+        result["throughput"] = {
+            "operator": tp,
+            "raw_pod_churn": ch,
+            "ratio": report.safe_ratio(tp["per_second"], ch["per_second"]),
+            "ratio_second_half": report.safe_ratio(
+                tp["per_second_second_half"], ch["per_second_second_half"]
+            ),
+        }
+        executions = sum(warm[lang]["n"] for lang in LANGS) + tp["executions_total"]
+        cpu = sum(warm[lang]["operator_cpu_seconds"] for lang in LANGS) + tp["operator_cpu_seconds"]
+        result["operator_cost"] = {
+            "executions": executions,
+            "cpu_seconds": round(cpu, 2),
+            "cpu_ms_per_execution": round(1000 * cpu / executions, 1) if executions else None,
+            "cpu_ms_per_execution_warm_sequential": {
+                lang: round(1000 * warm[lang]["operator_cpu_seconds"] / warm[lang]["n"], 1)
+                for lang in LANGS
+                if warm[lang]["n"]
+            },
+            "cpu_ms_per_execution_throughput": round(
+                1000 * tp["operator_cpu_seconds"] / tp["executions_total"], 1
+            )
+            if tp["executions_total"]
+            else None,
+            "idle_cpu_per_second": cold["python"]["operator_idle_cpu_per_second"],
+            "peak_rss_mb": round(op.sampler.peak_rss() / 2**20, 1),
+            "total_cpu_seconds_whole_run": round(op.sampler.cpu_seconds(), 2),
+        }
+        result["operator_log_warnings"] = op.log_warnings(log_start)[-20:]
+    finally:
+        if bench is not None:
+            await bench.probe.stop()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            for lang in LANGS:
+                await kube.delete(SANDBOX_POOLS, POOLS[lang])
+            await asyncio.sleep(1)
+        await op.close()
+        with contextlib.suppress(Exception):
+            await cleanup(kube, [SANDBOX_NS, TENANT_NS, COLD_NS])
+        result["machine_load"] = load.stop()
+        result["finished"] = utcnow()
+    complete = "operator_cost" in result
+    if complete:
+        path = save_section("bench", result, args.smoke)
+        report.write_all(args.smoke)
+        print(report.render_bench(result))
+        log.info("results in %s and %s", path, results_paths(args.smoke)[1])
+        with contextlib.suppress(Exception):
+            await wait_namespaces_gone(kube, [SANDBOX_NS, TENANT_NS, COLD_NS], timeout=60)
+    return 0 if complete else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="N=5, cold N=5, C=2 for 10 s")
+    p.add_argument("-n", type=int, default=100, help="warm executions per language")
+    p.add_argument("--cold-n", type=int, default=40, help="bare pods per language")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured runs before each series")
+    p.add_argument("-c", "--clients", type=int, default=4, help="concurrent clients")
+    p.add_argument("--duration", type=float, default=60, help="seconds of each throughput run")
+    p.add_argument("--pool-size", type=int, default=3)
+    p.add_argument(
+        "--settle",
+        choices=("one", "full"),
+        default="one",
+        help="start each warm execution when the pool has one ready pod, or when it is full",
+    )
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="py-spy the operator during the warm series",
+    )
+    p.add_argument("--cluster-timeout", type=float, default=900)
+    p.add_argument(
+        "--foreign-wait",
+        type=float,
+        default=600,
+        help="seconds to wait for another operator serving every namespace to go away",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(n=5, cold_n=5, warmup=1, clients=2, duration=10)  # explicit ones win
+    args = p.parse_args(argv)
+    if args.n < 1 or args.cold_n < 1 or args.clients < 1:
+        p.error("n, cold-n and clients must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    deadline = 900 + args.cluster_timeout if args.smoke else 3600 + args.cluster_timeout
+    with run_lock():
+        return run_main(run(args), deadline_s=deadline)
