@@ -7,6 +7,7 @@ Stdin stays open for the whole run: the runner must act on the newline, never on
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -28,10 +29,29 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SUPERVISOR = REPO / "images" / "runner" / "supervisor.py"
+
+
+def _installed_runner() -> Path:
+    """The runner files laid out world-readable, as in the image's /opt/codeexec.
+
+    The checkout may sit under a directory other uids cannot enter (a mode-0700 temp dir or
+    /root), and the hostile tests run the runner under an unprivileged uid.
+    """
+    target = Path(tempfile.mkdtemp(prefix="codeexec-runner-files-"))
+    target.chmod(0o755)
+    for source in ("runner/supervisor.py", "python/worker.py", "nodejs/worker.js"):
+        dest = target / Path(source).name
+        shutil.copyfile(REPO / "images" / source, dest)
+        dest.chmod(0o644)
+    atexit.register(shutil.rmtree, target, True)
+    return target
+
+
+RUNNER_DIR = _installed_runner()
+SUPERVISOR = RUNNER_DIR / "supervisor.py"
 WORKERS = {
-    "python": REPO / "images" / "python" / "worker.py",
-    "nodejs": REPO / "images" / "nodejs" / "worker.js",
+    "python": RUNNER_DIR / "worker.py",
+    "nodejs": RUNNER_DIR / "worker.js",
 }
 PROTOCOL = "codeexec.io/runner/v1"
 SAFETY_TIMEOUT_S = 60.0  # a bound against hangs, never an assertion about speed
