@@ -13,6 +13,7 @@ its label) and serves only this module's namespace, whose name does not start wi
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -244,7 +245,11 @@ class Release:
 
     def operator_pod(self) -> dict[str, Any]:
         pods = self.cluster.get_json(
-            "pods", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/instance={RELEASE}"
+            "pods",
+            "-n",
+            RELEASE_NS,
+            "-l",
+            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component!=gateway",
         )["items"]
         running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         assert len(running) == 1, f"expected one operator pod, found {len(running)}"
@@ -312,6 +317,7 @@ def release(
         "fullnameOverride": FULLNAME,
         "operator": {"instance": INSTANCE, "watchNamespaces": [tenant_ns]},
         "sandbox": {"namespace": {"name": SANDBOX_NS}},
+        "gateway": {"enabled": True, "namespace": tenant_ns},
         "pools": {
             "python": {"name": PY_POOL, "size": POOL_SIZES[PY_POOL]},
             "nodejs": {"name": JS_POOL, "size": POOL_SIZES[JS_POOL]},
@@ -743,7 +749,11 @@ def replicas_state(release: Release) -> tuple[str, str] | None:
     pods = [
         p
         for p in release.cluster.get_json(
-            "pods", "-n", RELEASE_NS, "-l", f"app.kubernetes.io/instance={RELEASE}"
+            "pods",
+            "-n",
+            RELEASE_NS,
+            "-l",
+            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component!=gateway",
         )["items"]
         if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"
     ]
@@ -788,6 +798,50 @@ def test_two_replicas_elect_one_leader_and_fail_over(release: Release) -> None:
 
 
 # ---- uninstall: last, it removes the release -------------------------------------------------
+
+
+# ---- the gateway, deployed by the chart -------------------------------------------------------
+
+GATEWAY_SA = f"system:serviceaccount:{RELEASE_NS}:{FULLNAME}-gateway"
+SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{RELEASE_NS}"]
+
+
+@pytest.mark.cluster
+def test_gateway_runs_the_original_usage_example(release: Release, tmp_path: Path) -> None:
+    body = {
+        "code_b64": base64.b64encode(b"def main(x):\n    return x * 2\n").decode(),
+        "language": "python",
+        "arguments": {"x": 5},
+    }
+    request = tmp_path / "run.json"
+    request.write_text(json.dumps(body))
+    # POST through the API server's service proxy, as any in-cluster client would reach it.
+    out = release.kubectl(
+        "create", "--raw",
+        f"/api/v1/namespaces/{RELEASE_NS}/services/{FULLNAME}-gateway:http/proxy/run",
+        "-f", str(request),
+    ).stdout  # fmt: skip
+    answer = json.loads(out)
+    assert answer["status"] == "success", answer
+    assert answer["stdout"].strip() == "10"
+    assert answer["exit_code"] == 0
+
+
+@pytest.mark.cluster
+def test_gateway_service_account_is_least_privilege(release: Release) -> None:
+    c, ns = release.cluster, release.tenant_ns
+
+    def allowed(verb: str, resource: str, namespace: str, group: str = "codeexec.io") -> bool:
+        return can(c, GATEWAY_SA, SA_GROUPS, verb=verb, group=group, resource=resource,
+                   namespace=namespace)  # fmt: skip
+
+    for verb in ("create", "get", "watch", "delete"):
+        assert allowed(verb, "codeexecutions", ns), verb
+    assert not allowed("create", "codeexecutions", "default")
+    assert not allowed("update", "codeexecutions", ns)
+    assert not allowed("get", "pods", SANDBOX_NS, group="")
+    assert not allowed("create", "pods/attach", SANDBOX_NS, group="")
+    assert not allowed("get", "secrets", ns, group="")
 
 
 @pytest.mark.cluster
