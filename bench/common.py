@@ -341,7 +341,7 @@ async def _crds_served(kube: Kube) -> bool:
 async def _crds_established(kube: Kube) -> bool:
     for name in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
         crd = await kube.get(CRDS, name)
-        conds = crd.get("status", {}).get("conditions", [])
+        conds = (crd.get("status") or {}).get("conditions") or []
         if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
             return False
     return True

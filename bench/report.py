@@ -425,7 +425,8 @@ def render_scale(r: dict[str, Any]) -> str:
         ],
         [
             "executions finished by the operator (must equal pending)",
-            r.get("executions_finished_by_operator_total"),
+            f"{r.get('executions_finished_by_operator_total')} "
+            f"({r.get('executions_finished_by_operator')})",
             verdict(r.get("executions_finished_by_operator_total") == r.get("pending")),
         ],
     ]

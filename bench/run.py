@@ -631,8 +631,8 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="N=5, cold N=5, C=2 for 10 s")
-    p.add_argument("-n", type=int, default=100, help="warm executions per language")
-    p.add_argument("--cold-n", type=int, default=40, help="bare pods per language")
+    p.add_argument("-n", type=int, default=60, help="warm executions per language")
+    p.add_argument("--cold-n", type=int, default=30, help="bare pods per language")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured runs before each series")
     p.add_argument("-c", "--clients", type=int, default=4, help="concurrent clients")
     p.add_argument("--duration", type=float, default=60, help="seconds of each throughput run")
@@ -640,7 +640,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--settle",
         choices=("one", "full"),
-        default="one",
+        default="full",
         help="start each warm execution when the pool has one ready pod, or when it is full",
     )
     p.add_argument(

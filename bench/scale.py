@@ -202,6 +202,7 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         "pending": args.pending,
         "namespaces": args.namespaces,
         "pool_size": args.pool_size,
+        "queue_timeout_seconds": args.queue_timeout,
         "machine": machine_info(),
     }
     op = Operator(sandbox_namespace=SANDBOX_NS, namespaces=nss, log_name="bench-scale-operator")
@@ -212,7 +213,11 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         for ns in nss:
             await create_namespace(kube, ns)
         await wait_no_foreign_operator(kube, nss[0], args.foreign_wait)
-        await create_pool(kube, POOL, "python", args.pool_size)
+        # Pending executions wait for a pod from their creation on; with a small pool the
+        # default 120 s would turn most of them into PoolExhausted before they get one.
+        await create_pool(
+            kube, POOL, "python", args.pool_size, queueTimeoutSeconds=args.queue_timeout
+        )
         # A first start with nothing to do: the baseline, and a full pool to start from.
         result["empty_ready_seconds"] = round(await op.start(), 2)
         await wait_pools_full(kube, {POOL: args.pool_size})
@@ -385,6 +390,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--namespaces", type=int, default=20)
     p.add_argument("--pool-size", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=16, help="parallel API calls to populate")
+    p.add_argument("--queue-timeout", type=int, default=900, help="the pool's queueTimeoutSeconds")
     p.add_argument("--pending-timeout", type=float, default=900)
     p.add_argument("--settle", type=float, default=10, help="seconds before the final check")
     p.add_argument("--cluster-timeout", type=float, default=900)
