@@ -72,6 +72,12 @@ chaos: venv cluster-up images ## 200 executions while the operator is SIGKILLed 
 scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operator restart: time to ready, RSS, requests
 	$(PY) -m bench.scale
 
+.PHONY: bench-smoke
+bench-smoke: bench-deps cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
+	$(PY) -m bench --smoke
+	$(PY) -m bench.chaos --smoke
+	$(PY) -m bench.scale --smoke
+
 .PHONY: demo
 demo: venv ## the chart on a cluster (the local one, or KUBECONFIG's), every example, a results table
 	CLUSTER=$(CLUSTER) bash e2e/demo.sh
