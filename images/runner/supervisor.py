@@ -719,7 +719,11 @@ class Supervisor:
         # The pod's own record that the code was handed over, written before it can run.
         # Only a digest of the id: the user's code can read the termination log.
         digest = hashlib.sha256(request.id.encode()).hexdigest()
-        self.write_termination_log("CXS1 " + json.dumps({"idSha256": digest, "started": True}))
+        started = "CXS1 " + json.dumps({"idSha256": digest, "started": True})
+        self.write_termination_log(started)
+        # The same record on stdout tells the operator its request arrived, over whichever
+        # attach session carried it.
+        _write_all(1, started.encode("ascii") + b"\n", timeout_s=2.0)
         self.request_id, self.started = request.id, True
         start = _now()
         deadline = start + request.timeout_ms / 1000.0

@@ -20,6 +20,7 @@ from typing import Any
 from codeexec import metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView, view
+from codeexec.status import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class Broker:
         created: float,
         deadline: float,
         timeout_seconds: int,
+        request_id: str,
+        attempt: int,
         on_wait: asyncio.Event | None = None,
     ) -> Claimed:
         """Wait in line for a pod of `pool` and claim it, or raise NoPodInTime at `deadline`."""
@@ -106,7 +109,9 @@ class Broker:
                 if not waiter.future.done():
                     waiter.future.cancel()
             try:
-                claimed = await self._try_claim(pod, execution_uid, execution_ref, timeout_seconds)
+                claimed = await self._try_claim(
+                    pod, execution_uid, execution_ref, timeout_seconds, request_id, attempt
+                )
             finally:
                 q.reserved.discard(pod.name)
             if claimed is not None:
@@ -134,7 +139,13 @@ class Broker:
         return waiter.future.result()
 
     async def _try_claim(
-        self, pod: PodView, execution_uid: str, execution_ref: str, timeout_seconds: int
+        self,
+        pod: PodView,
+        execution_uid: str,
+        execution_ref: str,
+        timeout_seconds: int,
+        request_id: str,
+        attempt: int,
     ) -> Claimed | None:
         now = datetime.now().astimezone()
         # The kubelet counts activeDeadlineSeconds from the pod's start and it may only be
@@ -145,7 +156,15 @@ class Broker:
             started = datetime.fromisoformat(pod.start_time.replace("Z", "+00:00"))
             age = max(0, int((now - started).total_seconds()) + 1)
             deadline = min(deadline, age + timeout_seconds + podspec.DEADLINE_SLACK_SECONDS)
-        patch = podspec.claim_patch(execution_uid, execution_ref, pod.resource_version, deadline)
+        patch = podspec.claim_patch(
+            execution_uid,
+            execution_ref,
+            pod.resource_version,
+            deadline,
+            request_id=request_id,
+            claimed_at=timestamp(now),
+            attempt=attempt,
+        )
         try:
             body = await self.kube.patch(PODS, pod.name, patch, self.namespace)
         except ApiError as err:

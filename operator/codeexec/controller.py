@@ -2,7 +2,8 @@
 
 Fed by the watch of `CodeExecution`s: a non-terminal resource gets one task running its road
 (never two), a deleted one has its task cancelled and its pod released, a finished one with
-`ttlSecondsAfterFinished` is deleted when its time comes.
+`ttlSecondsAfterFinished` is deleted when its time comes. Claimed pods whose execution ended or
+vanished while no operator was running are swept up.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Transient failures (API server restarts, network blips) retry the road from the top.
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+# How often claimed pods are checked for an execution that no longer needs them.
+SWEEP_SECONDS = 60.0
 
 
 class Executions:
@@ -34,6 +37,7 @@ class Executions:
         # Uids this process finished: a late watch event still showing them Running must not
         # start their road again. Bounded; a restart re-lists and sees the terminal status.
         self._finished: dict[str, None] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
@@ -47,6 +51,11 @@ class Executions:
             return
         if is_terminal(body):
             self.janitor.track(body)
+            if uid not in self._finished and uid not in self.tasks:
+                # Finished by an earlier process that may have died before deleting its pod.
+                for pod in self.rt.cache.claimed_for(uid):
+                    if not pod.deleting:
+                        self._spawn_delete(pod.name)
             return
         if uid in self._finished:
             return
@@ -92,6 +101,48 @@ class Executions:
             if err.not_found:
                 raise asyncio.CancelledError() from err
             return None
+
+    def _spawn_delete(self, pod: str) -> None:
+        task = asyncio.create_task(self._delete_pod(pod), name=f"release/{pod}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _delete_pod(self, pod: str) -> None:
+        ns = self.rt.settings.sandbox_namespace
+        try:
+            await self.rt.kube.delete(PODS, pod, ns, grace_period=0, missing_ok=True)
+        except Exception as err:  # the sweep tries again
+            log.warning("could not delete sandbox pod %s: %r", pod, err)
+
+    async def sweep(self) -> None:
+        """Claimed pods nobody will collect: their execution ended or vanished while no
+        operator was watching (the road deletes its pod itself, so this only mops up)."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.time()
+            for pod in list(self.rt.cache.pods.values()):
+                if pod.claimed_by is None or pod.deleting or pod.claimed_by in self.tasks:
+                    continue
+                claimed = pod.claimed_at.timestamp() if pod.claimed_at else 0.0
+                if now - claimed < SWEEP_SECONDS:
+                    continue  # its road may not have been handed to us yet
+                if await self._execution_is_over(pod.claimed_by, pod.execution):
+                    log.info("deleting sandbox pod %s left over by a finished execution", pod.name)
+                    await self._delete_pod(pod.name)
+
+    async def _execution_is_over(self, uid: str, ref: str | None) -> bool:
+        if uid in self._finished:
+            return True
+        if not ref or "/" not in ref:
+            return False
+        ns, name = ref.split("/", 1)
+        try:
+            body = await self.rt.kube.get(CODE_EXECUTIONS, name, ns)
+        except ApiError as err:
+            return bool(err.not_found)
+        except Exception:
+            return False
+        return body["metadata"].get("uid") != uid or is_terminal(body)
 
     async def _release(self, body: dict[str, Any]) -> None:
         """The resource is gone: nobody will read a result; free the pod it may hold."""

@@ -11,7 +11,14 @@ import logging
 import time
 
 from codeexec import failpoints, podspec
-from codeexec.kube.attach import ERROR, STDOUT, AttachError, attach, error_status
+from codeexec.kube.attach import (
+    ERROR,
+    STDOUT,
+    AttachError,
+    AttachSession,
+    error_status,
+    open_attach,
+)
 from codeexec.kube.client import Kube
 from codeexec.podcache import PodCache
 from codeexec.protocol import Report, ReportReader, Request
@@ -20,28 +27,48 @@ log = logging.getLogger(__name__)
 
 # After the pod is seen finished, how long a report still in flight may take to arrive.
 FINISH_GRACE_SECONDS = 2.0
+# A session held open ahead of the claim may have been cut off silently somewhere between the
+# API server and the runtime; if the runner does not confirm the request on it by then, the
+# request is sent again on a fresh session (harmless: the runner takes one request only).
+CONFIRM_SECONDS = 5.0
 
 
-async def _read_report(
-    kube: Kube, namespace: str, pod: str, request: Request, *, send: bool
-) -> Report | None:
-    reader = ReportReader(request.id)
-    async with attach(kube, namespace, pod, podspec.CONTAINER, stdin=send) as session:
-        if send:
-            await session.send(request.encode())
-            # Give the bytes time to cross the wire: the test wants the code running, not lost.
-            asyncio.get_running_loop().call_later(0.5, failpoints.hit, failpoints.AFTER_DELIVERY)
-        async for frame in session.frames():
+class NeverSent(Exception):
+    """The pod went away before any byte of the request was sent: the code cannot have run."""
+
+
+class _Exchange:
+    """One attach session's worth of sending and listening."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.reader = ReportReader(request.id)
+        self.sent = False
+
+    async def run(self, session: AttachSession, pod: str, *, confirm: bool) -> Report | None:
+        self.sent = True  # from here on, some bytes may be out: never call it unsent again
+        await session.send(self.request.encode())
+        # Give the bytes time to cross the wire: the test wants the code running, not lost.
+        asyncio.get_running_loop().call_later(0.5, failpoints.hit, failpoints.AFTER_DELIVERY)
+        frames = session.frames()
+        while True:
+            try:
+                timeout = CONFIRM_SECONDS if confirm and not self.reader.started else None
+                frame = await asyncio.wait_for(anext(frames), timeout)
+            except StopAsyncIteration:
+                return None
+            except TimeoutError:
+                log.info("no confirmation from %s on its held session; attaching anew", pod)
+                return None
             if frame.channel == STDOUT:
-                report = reader.feed(frame.data)
+                report = self.reader.feed(frame.data)
                 if report is not None:
                     return report
             elif frame.channel == ERROR:
                 status = error_status(frame.data)
                 if status.get("status") != "Success":
                     log.info("attach to %s ended: %s", pod, status.get("message"))
-                break
-    return None
+                return None
 
 
 async def _pod_finished(cache: PodCache, pod: str) -> None:
@@ -54,44 +81,84 @@ async def _pod_finished(cache: PodCache, pod: str) -> None:
 
 
 async def deliver(
-    kube: Kube, cache: PodCache, namespace: str, pod: str, request: Request, deadline: float
+    kube: Kube,
+    cache: PodCache,
+    namespace: str,
+    pod: str,
+    request: Request,
+    deadline: float,
+    *,
+    held: AttachSession | None = None,
+    fresh: bool = False,
 ) -> Report | None:
     """The report, or None when the pod ended, vanished or the deadline passed without one.
 
-    Sending is safe to repeat: the runner reads exactly one request in its life, and stdinOnce
-    closes its stdin when the first attach session ends, so a resumed operator re-attaches and
-    re-sends without any risk of the code starting twice.
+    `held` is a session opened before the claim (see preattach); `fresh` says that nobody can
+    have sent this request yet (a claim made by this process just now), which is what lets a pod
+    that vanishes before the first byte raise NeverSent instead of leaving the outcome unknown.
+
+    Sending is safe to repeat: the runner reads exactly one request line in its life, so a
+    resumed operator re-attaches and re-sends without any risk of the code starting twice.
     """
+    exchange = _Exchange(request)
     attempt = 0
     while time.time() < deadline:
-        reading = asyncio.ensure_future(_read_report(kube, namespace, pod, request, send=True))
-        finished = asyncio.ensure_future(_pod_finished(cache, pod))
-        try:
-            done, _ = await asyncio.wait(
-                {reading, finished},
-                timeout=max(0.0, deadline - time.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            finished.cancel()
-            if not reading.done():
-                reading.cancel()
-        if reading in done:
+        view = cache.pods.get(pod)
+        unsent = fresh and not exchange.sent
+        if unsent and (view is None or not view.live):
+            raise NeverSent(f"pod {pod} ended or was deleted before the request was sent")
+        session, confirm = held, held is not None
+        held = None
+        if session is None:
             try:
-                report = reading.result()
+                session = await open_attach(kube, namespace, pod, podspec.CONTAINER, stdin=True)
             except AttachError as err:
+                if unsent and err.status == 404:
+                    raise NeverSent(f"pod {pod} is gone: {err}") from err
                 log.info("attach to %s failed: %s", pod, err)
-                report = None
-            except Exception as err:  # a broken stream: fall back on the pod's record
-                log.info("attach to %s broke: %r", pod, err)
-                report = None
+                session = None
+        if session is not None:
+            report = await _listen(exchange, session, cache, pod, deadline, confirm=confirm)
             if report is not None:
                 return report
         view = cache.pods.get(pod)
-        if view is None or view.finished or view.deleting or finished in done:
+        if view is None or view.finished or view.deleting:
             return None
-        # The stream ended while the container still runs (API server restart, proxy timeout):
-        # attach again and keep listening.
+        # The stream ended while the container still runs (API server restart, proxy timeout,
+        # a held session gone stale): attach again and keep listening.
         attempt += 1
-        await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+    return None
+
+
+async def _listen(
+    exchange: _Exchange,
+    session: AttachSession,
+    cache: PodCache,
+    pod: str,
+    deadline: float,
+    *,
+    confirm: bool,
+) -> Report | None:
+    reading = asyncio.ensure_future(exchange.run(session, pod, confirm=confirm))
+    finished = asyncio.ensure_future(_pod_finished(cache, pod))
+    try:
+        done, _ = await asyncio.wait(
+            {reading, finished},
+            timeout=max(0.0, deadline - time.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        finished.cancel()
+        if not reading.done():
+            reading.cancel()
+        await session.close()
+    if reading not in done:
+        return None
+    try:
+        return reading.result()
+    except AttachError as err:
+        log.info("attach to %s failed: %s", pod, err)
+    except Exception as err:  # a broken stream: fall back on the pod's record
+        log.info("attach to %s broke: %r", pod, err)
     return None

@@ -24,6 +24,7 @@ from codeexec.kube.lease import LeaderElector
 from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
+from codeexec.preattach import Preattacher
 from codeexec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await ensure_network_policies(kube, ns)
     cache = PodCache(kube, ns)
     pools = PoolManager(kube, cache, ns, cfg.pool_selector)
-    rt = Runtime(cfg, kube, cache, pools, Broker(kube, cache, ns), Recorder(kube))
+    preattach = Preattacher(kube, cache, ns, serves=lambda pod: pod.pool in pools.pools)
+    rt = Runtime(cfg, kube, cache, pools, Broker(kube, cache, ns), Recorder(kube), preattach)
     STATE.rt = rt
     STATE.executions = Executions(rt)
     STATE.tasks = [
         *leadership,
         asyncio.create_task(cache.run(), name="sandbox-pod-watch"),
+        asyncio.create_task(preattach.run(), name="preattach"),
         asyncio.create_task(STATE.executions.janitor.run(), name="ttl-janitor"),
+        asyncio.create_task(STATE.executions.sweep(), name="claimed-pod-sweep"),
     ]
     await pools.initial_sync()
     await asyncio.wait_for(cache.synced.wait(), timeout=60)

@@ -1,10 +1,14 @@
 """The road of one `CodeExecution`: Pending -> Running -> Succeeded | Failed.
 
-Every step that must survive a crash is written to the resource's status *before* it is acted
-on: the claimed pod and the request id are recorded before any code is sent. Running the road
-again from the top (a restarted operator) therefore resumes where it stood: a recorded pod is
+Every step that must survive a crash is recorded *before* it is acted on. The claim is that
+record: the patch that wins a pod also writes the execution's uid, the request id and the attempt
+onto it, in one conditional write, before any code is sent. Running the road again from the top
+(a restarted operator) therefore resumes where it stood: a pod claimed for this execution is
 re-attached instead of claimed again, and the runner, which accepts one request in its life,
 makes a repeated send harmless. The user's code starts at most once.
+
+The `Running` status is for people and is written alongside the delivery rather than before it;
+a run that reports back within RUNNING_RECORD_DELAY goes straight to its terminal status.
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
-from codeexec.deliver import deliver
+from codeexec.deliver import NeverSent, deliver
 from codeexec.kube.client import CODE_EXECUTIONS, PODS, Kube
 from codeexec.kube.events import Recorder
 from codeexec.outcomes import Evidence, Outcome, Reason, classify
 from codeexec.podcache import PodCache
 from codeexec.pool import Pool, PoolManager
+from codeexec.preattach import Preattacher
 from codeexec.protocol import Report, Request, new_request_id
 from codeexec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Most warm runs report back well within this; sparing them the intermediate write takes a
+# request per execution off the API server and the hot path.
+RUNNING_RECORD_DELAY = 0.15
 
 
 class Invalid(Exception):
@@ -52,6 +61,7 @@ class Runtime:
     pools: PoolManager
     broker: Broker
     events: Recorder
+    preattach: Preattacher
 
 
 @dataclass
@@ -149,13 +159,53 @@ class Road:
         self.rt.events.record(body, reason.value, message, warning=True)
         metrics.EXECUTIONS.labels(body.get("spec", {}).get("language", ""), reason.value).inc()
 
+    def resume(self, ex: Execution, pool: Pool) -> st.Sandbox | None:
+        """The pod an earlier run of this road claimed, from the claim written on the pod.
+
+        The status may lag the claim (it is written after it) or name a pod that has since been
+        replaced; the pod's own claim record is what counts.
+        """
+        recorded = st.Sandbox.load(ex.status.get("sandbox"))
+        for pod in self.rt.cache.claimed_for(ex.uid):
+            if pod.deleting or not pod.request_id:
+                continue
+            return st.Sandbox(
+                pool=pod.pool or pool.name,
+                pod=pod.name,
+                pod_uid=pod.uid,
+                node=pod.node,
+                request_id=pod.request_id,
+                claimed_at=pod.claimed_at or st.now(),
+                attempts=pod.attempt,
+            )
+        if recorded is not None and recorded.pod in self.rt.cache.pods:
+            return recorded  # claimed before pods carried their claim record
+        return None
+
     async def run_valid(self, ex: Execution, pool: Pool) -> None:
-        sandbox = st.Sandbox.load(ex.status.get("sandbox"))
-        attempts = sandbox.attempts if sandbox else 0
+        sandbox = self.resume(ex, pool)
+        recorded = st.Sandbox.load(ex.status.get("sandbox"))
+        attempts = max(sandbox.attempts if sandbox else 0, recorded.attempts if recorded else 0)
+        if sandbox is not None:
+            await self.release_other_claims(ex, keep=sandbox.pod)
+        elif recorded is not None:
+            # The recorded pod is gone: the code may have run there, so it is not run again.
+            await self.finish(
+                ex,
+                Outcome(
+                    Reason.SANDBOX_ERROR,
+                    f"sandbox pod {recorded.pod} disappeared while the operator was away",
+                ),
+                None,
+                started=None,
+            )
+            return
+        fresh = False
         while True:
             if sandbox is None:
                 try:
                     sandbox = await self.claim(ex, pool, attempts + 1)
+                    fresh = True
                 except NoPodInTime:
                     await self.finish(
                         ex,
@@ -169,7 +219,7 @@ class Road:
                     )
                     return
             try:
-                outcome, report, extra = await self.execute(ex, pool, sandbox)
+                outcome, report, extra = await self.execute(ex, pool, sandbox, fresh=fresh)
             except NotStarted as err:
                 await self.rt.kube.delete(
                     PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
@@ -193,14 +243,15 @@ class Road:
                 continue
             failpoints.hit(failpoints.BEFORE_STATUS)
             await self.finish(ex, outcome, report, **extra)
+            failpoints.hit(failpoints.AFTER_STATUS)
             await self.rt.kube.delete(
                 PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
             )
             return
 
     async def claim(self, ex: Execution, pool: Pool, attempt: int) -> st.Sandbox:
-        await self.release_unrecorded_claims(ex)
         waiting = asyncio.Event()
+        request_id = new_request_id()
         started = time.monotonic()
 
         async def mark_pending() -> None:
@@ -221,6 +272,8 @@ class Road:
                 deadline=(ex.created if attempt == 1 else time.time())
                 + pool.spec.queue_timeout_seconds,
                 timeout_seconds=ex.spec.timeout_seconds,
+                request_id=request_id,
+                attempt=attempt,
                 on_wait=waiting,
             )
         finally:
@@ -234,35 +287,59 @@ class Road:
             pod=claimed.pod.name,
             pod_uid=claimed.pod.uid,
             node=claimed.pod.node,
-            request_id=new_request_id(),
+            request_id=request_id,
             claimed_at=claimed.claimed_at,
             attempts=attempt,
         )
+        metrics.QUEUE_WAIT.labels(ex.spec.language).observe(
+            max(0.0, claimed.claimed_at.timestamp() - ex.created)
+        )
+        # The claim on the pod is the record a restart resumes from.
         failpoints.hit(failpoints.AFTER_CLAIM)
-        queued_ms = int(max(0.0, claimed.claimed_at.timestamp() - ex.created) * 1000)
-        metrics.QUEUE_WAIT.labels(ex.spec.language).observe(queued_ms / 1000)
-        try:
-            # The claim is recorded before any code is sent: this is what a restart resumes from.
-            await self.write_status(ex, st.running(sandbox, queued_ms, ex.generation))
-        except BaseException:
-            await self.rt.kube.delete(
-                PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
-            )
-            raise
-        failpoints.hit(failpoints.AFTER_RECORD)
-        self.rt.events.record(ex.body, "Claimed", f"running in sandbox pod {sandbox.pod}")
+        await failpoints.pause(failpoints.AFTER_CLAIM)
         return sandbox
 
-    async def release_unrecorded_claims(self, ex: Execution) -> None:
-        """Pods claimed for us by a run that died before recording them never got our code."""
-        selector = f"{podspec.CLAIMED_BY_LABEL}={ex.uid}"
+    async def release_other_claims(self, ex: Execution, keep: str) -> None:
+        """Older pods claimed for this execution were given up on; make sure they are gone."""
         ns = self.rt.settings.sandbox_namespace
-        for pod in (await self.rt.kube.list(PODS, ns, label_selector=selector)).get("items", []):
-            log.info("%s: releasing unrecorded claim on pod %s", ex.ref, pod["metadata"]["name"])
-            await self.rt.kube.delete(PODS, pod["metadata"]["name"], ns, grace_period=0)
+        for pod in self.rt.cache.claimed_for(ex.uid):
+            if pod.name != keep and not pod.deleting:
+                log.info("%s: releasing earlier claim on pod %s", ex.ref, pod.name)
+                await self.rt.kube.delete(PODS, pod.name, ns, grace_period=0, missing_ok=True)
+
+    async def record_running(
+        self, ex: Execution, sandbox: st.Sandbox, writing: asyncio.Event
+    ) -> None:
+        await asyncio.sleep(RUNNING_RECORD_DELAY)
+        writing.set()
+        queued_ms = int(max(0.0, sandbox.claimed_at.timestamp() - ex.created) * 1000)
+        await self.write_status(ex, st.running(sandbox, queued_ms, ex.generation))
+        failpoints.hit(failpoints.AFTER_RECORD)
 
     async def execute(
-        self, ex: Execution, pool: Pool, sandbox: st.Sandbox
+        self, ex: Execution, pool: Pool, sandbox: st.Sandbox, *, fresh: bool
+    ) -> tuple[Outcome, Report | None, dict[str, Any]]:
+        """Deliver and classify; the Running record is written meanwhile, unless the run is
+        over first, and always settled before this returns so it never lands after the end."""
+        writing = asyncio.Event()
+        running = asyncio.create_task(self.record_running(ex, sandbox, writing))
+        try:
+            return await self._execute(ex, pool, sandbox, fresh=fresh)
+        finally:
+            # A write already on the wire is waited for, never abandoned: the API server could
+            # otherwise apply it after the terminal status.
+            if not writing.is_set():
+                running.cancel()
+            try:
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                if not running.cancelled():
+                    raise  # this road itself is being cancelled
+            except Exception as err:  # the terminal status will say what matters
+                log.warning("%s: could not record Running: %r", ex.ref, err)
+
+    async def _execute(
+        self, ex: Execution, pool: Pool, sandbox: st.Sandbox, *, fresh: bool
     ) -> tuple[Outcome, Report | None, dict[str, Any]]:
         s = self.rt.settings
         request = Request(
@@ -281,9 +358,21 @@ class Road:
             + s.grace_seconds
         )
         started = time.monotonic()
-        report = await deliver(
-            self.rt.kube, self.rt.cache, s.sandbox_namespace, sandbox.pod, request, deadline
-        )
+        held = await self.rt.preattach.take(sandbox.pod) if fresh else None
+        metrics.DELIVERIES.labels("held" if held else "new").inc()
+        try:
+            report = await deliver(
+                self.rt.kube,
+                self.rt.cache,
+                s.sandbox_namespace,
+                sandbox.pod,
+                request,
+                deadline,
+                held=held,
+                fresh=fresh,
+            )
+        except NeverSent as err:
+            raise NotStarted(str(err)) from err
         metrics.STEP.labels("deliver_and_run").observe(time.monotonic() - started)
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:

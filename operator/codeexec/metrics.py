@@ -38,6 +38,14 @@ STEP = Histogram(
 CLAIM_CONFLICTS = Counter(
     "codeexec_claim_conflicts_total", "Claims lost to another claimer (409) or a vanished pod"
 )
+DELIVERIES = Counter(
+    "codeexec_deliveries_total",
+    "Requests sent, by the attach session that carried them: held open before the claim, or new",
+    ["session"],
+)
+PREATTACHED = Gauge(
+    "codeexec_preattached_sessions", "Attach sessions held open to warm pods ahead of a claim"
+)
 POOL_READY = Gauge("codeexec_pool_ready_pods", "Warm pods ready to be claimed", ["pool"])
 POOL_WARMING = Gauge("codeexec_pool_warming_pods", "Warm pods not yet ready", ["pool"])
 POOL_CLAIMED = Gauge("codeexec_pool_claimed_pods", "Pods currently running an execution", ["pool"])

@@ -33,6 +33,7 @@ class PodView:
     claimed_by: str | None
     phase: str
     ready: bool
+    running: bool
     deleting: bool
     created: datetime | None
     start_time: str | None
@@ -41,10 +42,18 @@ class PodView:
     message: str | None
     terminated: Terminated | None
     waiting_reason: str | None
+    request_id: str | None = None
+    execution: str | None = None
+    claimed_at: datetime | None = None
+    attempt: int = 1
 
     @property
     def finished(self) -> bool:
         return self.phase in ("Succeeded", "Failed") or self.terminated is not None
+
+    @property
+    def live(self) -> bool:
+        return not self.deleting and not self.finished
 
     @property
     def warm_ready(self) -> bool:
@@ -82,6 +91,7 @@ def terminated_state(pod: dict[str, Any]) -> Terminated | None:
 def view(pod: dict[str, Any]) -> PodView:
     meta, status = pod["metadata"], pod.get("status", {})
     labels = meta.get("labels") or {}
+    notes = meta.get("annotations") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     waiting = None
     running = False
@@ -100,6 +110,7 @@ def view(pod: dict[str, Any]) -> PodView:
         claimed_by=labels.get(podspec.CLAIMED_BY_LABEL),
         phase=status.get("phase", "Pending"),
         ready=conditions.get("Ready") == "True" and running,
+        running=running,
         deleting=bool(meta.get("deletionTimestamp")),
         created=_ts(meta.get("creationTimestamp")),
         start_time=status.get("startTime"),
@@ -108,7 +119,15 @@ def view(pod: dict[str, Any]) -> PodView:
         message=status.get("message"),
         terminated=terminated_state(pod),
         waiting_reason=waiting,
+        request_id=notes.get(podspec.REQUEST_ANNOTATION),
+        execution=notes.get(podspec.EXECUTION_ANNOTATION),
+        claimed_at=_ts(notes.get(podspec.CLAIMED_AT_ANNOTATION)),
+        attempt=_attempt(notes.get(podspec.ATTEMPT_ANNOTATION)),
     )
+
+
+def _attempt(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 1
 
 
 class PodCache:
@@ -129,6 +148,11 @@ class PodCache:
 
     def of_pool(self, pool: str) -> Iterable[PodView]:
         return (p for p in self.pods.values() if p.pool == pool)
+
+    def claimed_for(self, execution_uid: str) -> list[PodView]:
+        """Pods claimed for one execution, newest claim first."""
+        pods = [p for p in self.pods.values() if p.claimed_by == execution_uid]
+        return sorted(pods, key=lambda p: (p.claimed_at is not None, p.claimed_at), reverse=True)
 
     def apply(self, event_type: str, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]

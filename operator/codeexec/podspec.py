@@ -21,6 +21,11 @@ STATE_LABEL = "codeexec.io/state"
 EGRESS_LABEL = "codeexec.io/egress"
 CLAIMED_BY_LABEL = "codeexec.io/claimed-by"
 EXECUTION_ANNOTATION = "codeexec.io/execution"
+# The claim itself is the durable record a restarted operator resumes from: which request this
+# pod is for, since when, and on which attempt. The user's code cannot read its pod's metadata.
+REQUEST_ANNOTATION = "codeexec.io/request-id"
+CLAIMED_AT_ANNOTATION = "codeexec.io/claimed-at"
+ATTEMPT_ANNOTATION = "codeexec.io/attempt"
 CONTAINER = "sandbox"
 
 WARM, CLAIMED = "warm", "claimed"
@@ -77,16 +82,23 @@ def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, A
                 "name": CONTAINER,
                 "image": spec.image,
                 "imagePullPolicy": spec.image_pull_policy,
-                # The request arrives over attach; stdinOnce closes stdin when that session ends,
-                # so a pod can never be handed a second request.
+                # The request arrives over attach. stdin stays open across sessions, so the
+                # operator can attach while the pod is warm and a restarted operator can attach
+                # again; the runner reads exactly one request line in its life and never reads
+                # stdin after it, so a pod can never run a second request.
                 "stdin": True,
-                "stdinOnce": True,
+                "stdinOnce": False,
                 "tty": False,
                 "env": [
                     {"name": "CODEEXEC_LANGUAGE", "value": spec.language},
                     {"name": "CODEEXEC_MAX_PROCESSES", "value": str(spec.max_processes)},
                     {"name": "HOME", "value": "/tmp"},
                     {"name": "CODEEXEC_READY_FILE", "value": READY_FILE},
+                    *(
+                        [{"name": "CODEEXEC_PRELOAD", "value": ",".join(spec.preload)}]
+                        if spec.preload is not None
+                        else []
+                    ),
                 ],
                 # Warm means imports done: the supervisor touches the file when its worker is
                 # ready. A startup probe stops once it passes, so a warm pod costs no probes.
@@ -164,14 +176,26 @@ def network_policies(namespace: str) -> list[dict[str, Any]]:
 
 
 def claim_patch(
-    execution_uid: str, execution_ref: str, resource_version: str, deadline_seconds: int
+    execution_uid: str,
+    execution_ref: str,
+    resource_version: str,
+    deadline_seconds: int,
+    *,
+    request_id: str,
+    claimed_at: str,
+    attempt: int,
 ) -> dict[str, Any]:
     """Conditioned on resourceVersion: a 409 means another claimer won this pod."""
     return {
         "metadata": {
             "resourceVersion": resource_version,
             "labels": {STATE_LABEL: CLAIMED, CLAIMED_BY_LABEL: execution_uid},
-            "annotations": {EXECUTION_ANNOTATION: execution_ref},
+            "annotations": {
+                EXECUTION_ANNOTATION: execution_ref,
+                REQUEST_ANNOTATION: request_id,
+                CLAIMED_AT_ANNOTATION: claimed_at,
+                ATTEMPT_ANNOTATION: str(attempt),
+            },
         },
         "spec": {"activeDeadlineSeconds": deadline_seconds},
     }

@@ -27,6 +27,9 @@ from codeexec.status import condition
 log = logging.getLogger(__name__)
 
 CREATE_BURST = 8
+# Each claim changes a pool's counts; writing every change would add a status write per
+# execution. Counts are written at most this often (the gauges always move at once).
+STATUS_INTERVAL_SECONDS = 2.0
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Pool:
     expected: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     last_status: dict[str, Any] = field(default_factory=dict)
+    last_report: float = 0.0
+    report_due: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -165,6 +170,8 @@ class PoolManager:
                 failures += 1
                 log.warning("pool %s: reconcile failed (%d): %r", pool.name, failures, err)
             delay = 5.0 if failures == 0 else min(30.0, 0.5 * 2**failures)
+            if pool.report_due is not None:
+                delay = max(0.05, min(delay, pool.report_due - time.monotonic()))
             wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
             wait_wake = asyncio.ensure_future(pool.wake.wait())
             try:
@@ -239,6 +246,11 @@ class PoolManager:
             "observedGeneration": pool.generation,
         }
         if status == pool.last_status:
+            pool.report_due = None
+            return
+        now = time.monotonic()
+        if now - pool.last_report < STATUS_INTERVAL_SECONDS:
+            pool.report_due = pool.last_report + STATUS_INTERVAL_SECONDS
             return
         message = f"{counts.ready}/{pool.spec.size} warm pods ready, {counts.warming} warming"
         body = {
@@ -248,6 +260,7 @@ class PoolManager:
         try:
             await self.kube.patch_status(SANDBOX_POOLS, pool.name, body)
             pool.last_status = status
+            pool.last_report, pool.report_due = now, None
         except ApiError as err:
             if not err.not_found:
                 raise

@@ -138,12 +138,17 @@ class ReportReader:
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
+        self.started = False
+        self._started_line = started_line(request_id)
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> Report | None:
         self._buffer += chunk
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
+            if line.strip() == self._started_line:
+                self.started = True
+                continue
             report = parse_report_line(line, self.request_id)
             if report is not None:
                 return report
@@ -151,6 +156,16 @@ class ReportReader:
             # Only the supervisor writes here and its line is bounded; drop runaway garbage.
             self._buffer = b""
         return None
+
+
+def id_digest(request_id: str) -> str:
+    return hashlib.sha256(request_id.encode()).hexdigest()
+
+
+def started_line(request_id: str) -> bytes:
+    """The supervisor's `CXS1` record for this request, byte for byte as it writes it."""
+    doc = json.dumps({"idSha256": id_digest(request_id), "started": True})
+    return (STARTED_PREFIX + doc).encode()
 
 
 @dataclass(frozen=True)
@@ -175,7 +190,6 @@ def parse_termination_message(message: str | None, request_id: str) -> PodRecord
             doc = {}
         # The started record names the request by digest: the user's code can read the
         # termination log while it runs, and must not learn the nonce from it.
-        digest = hashlib.sha256(request_id.encode()).hexdigest()
-        if isinstance(doc, dict) and doc.get("idSha256") == digest:
+        if isinstance(doc, dict) and doc.get("idSha256") == id_digest(request_id):
             return PodRecord(started=bool(doc.get("started", True)), report=None)
     return PodRecord(started=False, report=None)

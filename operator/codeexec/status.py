@@ -26,6 +26,8 @@ def now() -> datetime:
 
 
 def timestamp(at: datetime) -> str:
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

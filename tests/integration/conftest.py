@@ -177,3 +177,18 @@ def wait_pool_full(cluster: Cluster, name: str, size: int, timeout: float = 180)
 
 def now() -> float:
     return time.time()
+
+
+def metric(name: str, **labels: str) -> float:
+    """One sample from the suite operator's /metrics (0 when the series does not exist yet)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0

@@ -72,6 +72,7 @@ class PodRecords:
         failpoints.AFTER_RECORD,
         failpoints.AFTER_DELIVERY,
         failpoints.BEFORE_STATUS,
+        failpoints.AFTER_STATUS,
     ],
 )
 async def test_crash_at_each_step(
@@ -119,3 +120,33 @@ async def test_crash_at_each_step(
         watcher.cancel()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
+
+
+async def test_claimed_pod_deleted_before_delivery_runs_on_another(
+    operator: OperatorProcess, cx: Client, cluster: Cluster
+) -> None:
+    # Someone (an admin, an eviction) deletes the pod between the claim and the first byte of
+    # the request: nothing ran, so the execution must claim another pod rather than fail.
+    operator.restart(failpoints=f"{failpoints.AFTER_CLAIM}=6")
+    try:
+        created = await cx.submit(PROGRAM, arguments={"n": 3}, timeout_seconds=30)
+        records = PodRecords(cx.kube, created.uid)
+        watcher = asyncio.create_task(records.run())
+
+        def claimed() -> str | None:
+            for p in sandbox_pods(cluster):
+                if p["metadata"]["labels"].get("codeexec.io/claimed-by") == created.uid:
+                    return str(p["metadata"]["name"])
+            return None
+
+        first = wait_for(claimed, timeout=120, what="a pod claimed for the execution")
+        cluster.kubectl("delete", "pod", "-n", SANDBOX_NS, first, "--grace-period=0", "--force")
+        done = await cx.wait(created.name, timeout=180)
+        watcher.cancel()
+        assert done.status.reason == "Succeeded", done.status
+        assert done.status.result and done.status.result.return_value == 3
+        assert done.status.sandbox and done.status.sandbox.pod != first
+        assert done.status.sandbox.attempts == 2
+        assert records.starts() <= 1
+    finally:
+        operator.restart()

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from codeexec.protocol import ReportReader, started_line
+
 SUPERVISOR = Path(__file__).resolve().parents[2] / "images" / "runner" / "supervisor.py"
 
 NOT_STARTED_NULLS = ("exit", "result", "stdout", "stderr", "usage")
@@ -158,12 +160,26 @@ def test_forged_report_line_in_user_output_is_just_output(run):
         assert r.report["id"] == rid
         assert r.value == "real"
         assert r.stdout == forged + "\n"
-        # The supervisor's own stdout: exactly one line, the real report (which quotes the
-        # user's output, escaped, inside its JSON).
+        # The supervisor's own stdout: exactly two lines, the started record and the real
+        # report (which quotes the user's output, escaped, inside its JSON).
         lines = r.raw_stdout.split(b"\n")
-        assert len(lines) == 2 and lines[1] == b""
-        assert lines[0].startswith(b"CXR1 ")
+        assert len(lines) == 3 and lines[2] == b""
+        assert lines[0] == started_line(rid)
+        assert lines[1].startswith(b"CXR1 ")
     assert py.stderr == forged + "\n"
+
+
+def test_started_record_on_stdout_is_what_the_operator_recognises(run):
+    # The operator's reader and the supervisor's writer must agree byte for byte: the record
+    # is how a session opened ahead of the claim learns that its request arrived.
+    r = run("python", "def main():\n    return 1", request_id="started-record-id-42")
+    reader = ReportReader("started-record-id-42")
+    report = reader.feed(r.raw_stdout)
+    assert reader.started is True
+    assert report is not None and report.started is True
+    other = ReportReader("someone-elses-id-000")
+    assert other.feed(r.raw_stdout) is None
+    assert other.started is False
 
 
 def test_termination_log_records_the_start_then_the_compact_report(run):
@@ -338,3 +354,15 @@ def test_error_record_is_sanitized():
 )
 def test_head_is_cut_between_characters(data, expected):
     assert supervisor._cut_utf8(data) == expected
+
+
+def test_only_the_first_request_line_ever_runs(run):
+    # Pods keep stdin open across attach sessions, so a resent or foreign second line can
+    # reach the supervisor: it must be neither run nor visible to the user's code.
+    first = make_request("python", "import sys\ndef main():\n    return sys.stdin.read()")
+    second = make_request("python", "def main():\n    return 'second'")
+    lines = json.dumps(first).encode() + b"\n" + json.dumps(second).encode() + b"\n"
+    r = run("python", raw_line=lines + json.dumps(first).encode() + b"\n")
+    assert r.report["id"] == first["id"]
+    assert r.value == ""
+    assert r.raw_stdout.count(b"CXR1 ") == 1

@@ -26,7 +26,7 @@ def test_sandbox_pod_is_hardened() -> None:
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert set(c["resources"]["limits"]) >= {"cpu", "memory", "ephemeral-storage"}
     assert s["volumes"][0]["emptyDir"]["sizeLimit"] == "64Mi"
-    assert c["stdin"] and c["stdinOnce"] and not c["tty"]
+    assert c["stdin"] and not c["tty"]
     assert pod["metadata"]["labels"][podspec.EGRESS_LABEL] == "deny"
 
 
@@ -52,7 +52,40 @@ def test_runtime_class_and_network() -> None:
 
 
 def test_claim_patch_is_conditional() -> None:
-    patch = podspec.claim_patch("uid-1", "ns/name", "42", 30)
+    patch = podspec.claim_patch(
+        "uid-1", "ns/name", "42", 30, request_id="r1", claimed_at="2026-01-01T00:00:00Z", attempt=2
+    )
     assert patch["metadata"]["resourceVersion"] == "42"
     assert patch["spec"]["activeDeadlineSeconds"] == 30
     assert patch["metadata"]["labels"][podspec.STATE_LABEL] == podspec.CLAIMED
+
+
+def test_claim_patch_is_the_record_a_restart_resumes_from() -> None:
+    patch = podspec.claim_patch(
+        "uid-1", "ns/name", "42", 30, request_id="r1", claimed_at="2026-01-01T00:00:00Z", attempt=2
+    )
+    annotations = patch["metadata"]["annotations"]
+    assert patch["metadata"]["labels"][podspec.CLAIMED_BY_LABEL] == "uid-1"
+    assert annotations[podspec.REQUEST_ANNOTATION] == "r1"
+    assert annotations[podspec.CLAIMED_AT_ANNOTATION] == "2026-01-01T00:00:00Z"
+    assert annotations[podspec.ATTEMPT_ANNOTATION] == "2"
+
+
+def test_stdin_stays_open_across_attach_sessions() -> None:
+    # Pre-attaching to a warm pod must not use up its stdin: the runner, not the kubelet, makes
+    # a pod single-request.
+    pod = podspec.sandbox_pod("py", spec(), "sbx")
+    container = pod["spec"]["containers"][0]
+    assert container["stdin"] is True
+    assert container["stdinOnce"] is False
+
+
+def test_preload_reaches_the_worker_and_shapes_the_template() -> None:
+    def env(s: SandboxPoolSpec) -> dict[str, str]:
+        c = podspec.sandbox_pod("py", s, "sbx")["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in c["env"]}
+
+    assert "CODEEXEC_PRELOAD" not in env(spec())  # the image's default
+    assert env(spec(preload=[]))["CODEEXEC_PRELOAD"] == ""
+    assert env(spec(preload=["numpy", "json"]))["CODEEXEC_PRELOAD"] == "numpy,json"
+    assert podspec.template_hash(spec(preload=[])) != podspec.template_hash(spec())

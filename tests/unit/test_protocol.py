@@ -5,7 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-from codeexec.protocol import Report, ReportReader, Request, parse_termination_message
+from codeexec.protocol import (
+    Report,
+    ReportReader,
+    Request,
+    parse_termination_message,
+    started_line,
+)
 
 RID = "0123456789abcdef0123456789abcdef"
 
@@ -53,7 +59,9 @@ def test_termination_message_started_record() -> None:
     assert rec.started and rec.report is None
     # A record for another request proves nothing about ours.
     other = hashlib.sha256(b"other").hexdigest()
-    assert not parse_termination_message(f'CXS1 {{"idSha256": "{other}", "started": true}}', RID).started
+    assert not parse_termination_message(
+        f'CXS1 {{"idSha256": "{other}", "started": true}}', RID
+    ).started
 
 
 def test_termination_message_compact_report() -> None:
@@ -65,3 +73,12 @@ def test_termination_message_compact_report() -> None:
 def test_empty_termination_message_means_not_started() -> None:
     assert not parse_termination_message("", RID).started
     assert not parse_termination_message(None, RID).started
+
+
+def test_started_record_on_stdout_is_noted_and_not_taken_for_a_report() -> None:
+    reader = ReportReader(RID)
+    assert reader.feed(started_line(RID) + b"\n") is None
+    assert reader.started is True
+    foreign = ReportReader("another-request-id")
+    foreign.feed(started_line(RID) + b"\n")
+    assert foreign.started is False

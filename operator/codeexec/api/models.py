@@ -107,6 +107,7 @@ class SandboxPoolSpec(_Model):
     max_processes: int = Field(default=64, ge=1)
     ready_timeout_seconds: int = Field(default=120, ge=5)
     queue_timeout_seconds: int = Field(default=120, ge=1)
+    preload: list[str] | None = None
 
 
 class SandboxRef(_Model):

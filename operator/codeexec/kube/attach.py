@@ -2,10 +2,15 @@
 
 Each binary websocket frame starts with a channel byte: 0 stdin, 1 stdout, 2 stderr, 3 error
 (a Status object), 4 resize; v5 adds 255 to close a channel (`0xff 0x00` closes stdin).
+
+A session reads its socket from the moment it opens, whether or not anyone consumes its frames
+yet: that answers pings and notices a dropped stream while a session is held open ahead of use.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +23,16 @@ from codeexec.kube.client import PODS, Kube
 
 PROTOCOL = "v5.channel.k8s.io"
 STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
+# Pings keep idle sessions alive through proxies and reveal a peer that vanished silently.
+HEARTBEAT_SECONDS = 30.0
 
 
 class AttachError(Exception):
     """The attach stream could not be opened or broke."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -33,23 +44,55 @@ class Frame:
 class AttachSession:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read(), name="attach-reader")
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data:
+                    self._frames.put_nowait(Frame(msg.data[0], msg.data[1:]))
+                elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                    break
+        except Exception:  # a broken socket ends the session like a closed one
+            pass
+        finally:
+            self._frames.put_nowait(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._reader.done()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._reader)
 
     async def send(self, data: bytes) -> None:
-        await self._ws.send_bytes(bytes([STDIN]) + data)
+        if self.closed or self._ws.closed:
+            raise AttachError("attach session already ended")
+        try:
+            await self._ws.send_bytes(bytes([STDIN]) + data)
+        except (ConnectionError, aiohttp.ClientError) as err:
+            raise AttachError(f"sending on the attach session failed: {err}") from err
 
     async def close_stdin(self) -> None:
         await self._ws.send_bytes(bytes([CLOSE, STDIN]))
 
     async def frames(self) -> AsyncIterator[Frame]:
-        async for msg in self._ws:
-            if msg.type == aiohttp.WSMsgType.BINARY and msg.data:
-                yield Frame(msg.data[0], msg.data[1:])
-            elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
-                break
+        while True:
+            frame = await self._frames.get()
+            if frame is None:
+                self._frames.put_nowait(None)  # later readers see the end too
+                return
+            yield frame
+
+    async def close(self) -> None:
+        await self._ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
 
 
-@asynccontextmanager
-async def attach(
+async def open_attach(
     kube: Kube,
     namespace: str,
     pod: str,
@@ -57,7 +100,7 @@ async def attach(
     *,
     stdin: bool = True,
     stderr: bool = False,
-) -> AsyncIterator[AttachSession]:
+) -> AttachSession:
     url = kube.conn.server + PODS.path(namespace, pod, "attach")
     params: dict[str, Any] = {
         "container": container,
@@ -73,21 +116,36 @@ async def attach(
             protocols=(PROTOCOL,),
             headers=kube.headers(),
             autoping=True,
+            heartbeat=HEARTBEAT_SECONDS,
             max_msg_size=0,
         )
     except aiohttp.WSServerHandshakeError as err:
         raise AttachError(
-            f"attach to {namespace}/{pod} refused: {err.status} {err.message}"
+            f"attach to {namespace}/{pod} refused: {err.status} {err.message}", err.status
         ) from err
     except aiohttp.ClientError as err:
         raise AttachError(f"attach to {namespace}/{pod} failed: {err}") from err
     if ws.protocol != PROTOCOL:
         await ws.close()
         raise AttachError(f"API server did not agree to {PROTOCOL} (got {ws.protocol!r})")
+    return AttachSession(ws)
+
+
+@asynccontextmanager
+async def attach(
+    kube: Kube,
+    namespace: str,
+    pod: str,
+    container: str,
+    *,
+    stdin: bool = True,
+    stderr: bool = False,
+) -> AsyncIterator[AttachSession]:
+    session = await open_attach(kube, namespace, pod, container, stdin=stdin, stderr=stderr)
     try:
-        yield AttachSession(ws)
+        yield session
     finally:
-        await ws.close()
+        await session.close()
 
 
 def error_status(data: bytes) -> dict[str, Any]:
