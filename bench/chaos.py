@@ -45,26 +45,23 @@ from bench.common import (
     Informer,
     MachineLoad,
     Operator,
-    cleanup,
+    bench_main,
     create_namespace,
     create_pool,
-    ensure_crds,
-    images_present,
+    fresh_start,
     machine_info,
+    on_cluster,
     results_paths,
-    run_lock,
-    run_main,
     save_section,
-    setup_logging,
+    teardown,
     utcnow,
-    wait_cluster,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,
 )
 from codeexec.api.models import Language
 from codeexec.client import Client
-from codeexec.kube.client import CODE_EXECUTIONS, PODS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, PODS, ApiError, Kube
 from codeexec.protocol import parse_termination_message
 
 log = logging.getLogger("bench.chaos")
@@ -542,21 +539,12 @@ class Scenario:
 
 
 async def run(args: argparse.Namespace) -> int:
-    kube = await wait_cluster(timeout=args.cluster_timeout)
-    try:
-        return await run_on(kube, args)
-    finally:
-        await kube.close()
+    return await on_cluster(args, run_on)
 
 
 async def run_on(kube: Kube, args: argparse.Namespace) -> int:
-    await ensure_crds(kube)
-    present = await images_present(kube)
-    if not all(present.values()):
-        log.error("sandbox images missing on the node: %s (run make images)", present)
+    if not await fresh_start(kube, [SANDBOX_NS, TENANT_NS]):
         return 2
-    await cleanup(kube)
-    await wait_namespaces_gone(kube, [SANDBOX_NS, TENANT_NS])
     load = MachineLoad()
     result: dict[str, Any] = {
         "started": utcnow(),
@@ -615,18 +603,7 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         result["operator_log_warning_examples"] = _distinct(warnings, 15)
         result["operator_log"] = str(op.log_path)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        with contextlib.suppress(Exception):
-            for lang in POOLS:
-                await kube.delete(SANDBOX_POOLS, POOLS[lang])
-            await asyncio.sleep(1)
-        await op.close()
-        with contextlib.suppress(Exception):
-            await cleanup(kube, [SANDBOX_NS, TENANT_NS])
+        await teardown(kube, tasks, POOLS.values(), op, [SANDBOX_NS, TENANT_NS])
         result["machine_load"] = load.stop()
         result["finished"] = utcnow()
     complete = len(result["scenarios"]) == 2
@@ -689,11 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    deadline = (1200 if args.smoke else 3600) + args.cluster_timeout
-    with run_lock():
-        return run_main(run(args), deadline_s=deadline)
+    return bench_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":

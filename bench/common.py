@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1116,3 +1116,59 @@ class ApiProbe:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def on_cluster(args: Any, body: Callable[[Kube, Any], Awaitable[int]]) -> int:
+    """Runs one benchmark against the reachable cluster and closes the connection after."""
+    kube = await wait_cluster(timeout=args.cluster_timeout)
+    try:
+        return await body(kube, args)
+    finally:
+        await kube.close()
+
+
+async def fresh_start(kube: Kube, namespaces: list[str], timeout: float = 120) -> bool:
+    """CRDs present, images on the node, no leftovers of a killed run in `namespaces`."""
+    await ensure_crds(kube)
+    present = await images_present(kube)
+    if not all(present.values()):
+        log.error("sandbox images missing on the node: %s (run make images)", present)
+        return False
+    await cleanup(kube)
+    await wait_namespaces_gone(kube, namespaces, timeout=timeout)
+    return True
+
+
+async def teardown(
+    kube: Kube,
+    tasks: list[asyncio.Task[None]],
+    pools: Iterable[str],
+    op: Any,
+    namespaces: list[str],
+) -> None:
+    """Stops a run's helpers, its pools (while the operator can still see them), the operator,
+    then removes the run's namespaces."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+    with contextlib.suppress(Exception):
+        for pool in pools:
+            await kube.delete(SANDBOX_POOLS, pool)
+        await asyncio.sleep(1)
+    await op.close()
+    with contextlib.suppress(Exception):
+        await cleanup(kube, namespaces)
+
+
+def bench_main(
+    parse: Callable[[list[str] | None], Any],
+    run: Callable[[Any], Awaitable[int]],
+    argv: list[str] | None = None,
+) -> int:
+    args = parse(argv)
+    setup_logging(args.verbose)
+    deadline = (1200 if args.smoke else 3600) + args.cluster_timeout
+    with run_lock():
+        return run_main(run(args), deadline_s=deadline)

@@ -42,33 +42,30 @@ from bench.common import (
     Waiters,
     apiserver_metrics,
     bare_pod,
-    cleanup,
+    bench_main,
     counter_delta,
     create_namespace,
     create_pool,
-    ensure_crds,
+    fresh_start,
     histogram_delta,
-    images_present,
     kubelet_metrics,
     machine_info,
     node_info,
+    on_cluster,
     pool_ready,
     raw_get,
     results_paths,
-    run_lock,
-    run_main,
     save_section,
-    setup_logging,
     summarize,
+    teardown,
     utcnow,
-    wait_cluster,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,
 )
 from codeexec.api.models import Language
 from codeexec.client import Client
-from codeexec.kube.client import CODE_EXECUTIONS, PODS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, PODS, ApiError, Kube
 
 log = logging.getLogger("bench")
 
@@ -486,21 +483,12 @@ def window_rates(done: list[tuple[float, Sample]], duration: float) -> dict[str,
 
 
 async def run(args: argparse.Namespace) -> int:
-    kube = await wait_cluster(timeout=args.cluster_timeout)
-    try:
-        return await run_on(kube, args)
-    finally:
-        await kube.close()
+    return await on_cluster(args, run_on)
 
 
 async def run_on(kube: Kube, args: argparse.Namespace) -> int:
-    await ensure_crds(kube)
-    present = await images_present(kube)
-    if not all(present.values()):
-        log.error("sandbox images missing on the node: %s (run make images)", present)
+    if not await fresh_start(kube, [SANDBOX_NS, TENANT_NS, COLD_NS]):
         return 2
-    await cleanup(kube)  # leftovers of a killed run
-    await wait_namespaces_gone(kube, [SANDBOX_NS, TENANT_NS, COLD_NS])
     machine = machine_info()
     load = MachineLoad()
     result: dict[str, Any] = {
@@ -603,18 +591,9 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
     finally:
         if bench is not None:
             await bench.probe.stop()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        with contextlib.suppress(Exception):
-            for lang in LANGS:
-                await kube.delete(SANDBOX_POOLS, POOLS[lang])
-            await asyncio.sleep(1)
-        await op.close()
-        with contextlib.suppress(Exception):
-            await cleanup(kube, [SANDBOX_NS, TENANT_NS, COLD_NS])
+        await teardown(
+            kube, tasks, [POOLS[lang] for lang in LANGS], op, [SANDBOX_NS, TENANT_NS, COLD_NS]
+        )
         result["machine_load"] = load.stop()
         result["finished"] = utcnow()
     complete = "operator_cost" in result
@@ -666,8 +645,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    deadline = 900 + args.cluster_timeout if args.smoke else 3600 + args.cluster_timeout
-    with run_lock():
-        return run_main(run(args), deadline_s=deadline)
+    return bench_main(parse_args, run, argv)

@@ -32,23 +32,20 @@ from bench.common import (
     MachineLoad,
     Metrics,
     Operator,
-    cleanup,
+    bench_main,
     counter_delta,
     create_namespace,
     create_pool,
-    ensure_crds,
-    images_present,
+    fresh_start,
     machine_info,
+    on_cluster,
     only,
     raw_get,
     results_paths,
-    run_lock,
-    run_main,
     save_section,
-    setup_logging,
     summarize,
+    teardown,
     utcnow,
-    wait_cluster,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,
@@ -56,7 +53,7 @@ from bench.common import (
 from codeexec import status as st
 from codeexec.api.models import ExecutionResult
 from codeexec.client import Client
-from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
 from codeexec.outcomes import Outcome, Reason
 
 log = logging.getLogger("bench.scale")
@@ -178,22 +175,13 @@ def totals(counts: dict[str, float]) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    kube = await wait_cluster(timeout=args.cluster_timeout)
-    try:
-        return await run_on(kube, args)
-    finally:
-        await kube.close()
+    return await on_cluster(args, run_on)
 
 
 async def run_on(kube: Kube, args: argparse.Namespace) -> int:
-    await ensure_crds(kube)
-    present = await images_present(kube)
-    if not all(present.values()):
-        log.error("sandbox images missing on the node: %s (run make images)", present)
-        return 2
     nss = namespaces(args.namespaces)
-    await cleanup(kube)
-    await wait_namespaces_gone(kube, [SANDBOX_NS, *nss], timeout=300)
+    if not await fresh_start(kube, [SANDBOX_NS, *nss], timeout=300):
+        return 2
     load = MachineLoad()
     result: dict[str, Any] = {
         "started": utcnow(),
@@ -351,17 +339,7 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         result["executions_finished_by_operator_total"] = int(sum(executed.values()))
         result["operator_log_warnings"] = op.log_warnings(log_start)[-10:]
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        with contextlib.suppress(Exception):
-            await kube.delete(SANDBOX_POOLS, POOL)
-            await asyncio.sleep(1)
-        await op.close()
-        with contextlib.suppress(Exception):
-            await cleanup(kube, [SANDBOX_NS, *nss])
+        await teardown(kube, tasks, [POOL], op, [SANDBOX_NS, *nss])
         result["machine_load"] = load.stop()
         result["finished_at"] = utcnow()
     complete = "finished_changed" in result
@@ -408,11 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
-    deadline = (1200 if args.smoke else 3600) + args.cluster_timeout
-    with run_lock():
-        return run_main(run(args), deadline_s=deadline)
+    return bench_main(parse_args, run, argv)
 
 
 if __name__ == "__main__":
