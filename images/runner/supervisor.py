@@ -112,6 +112,16 @@ def _write_all(fd: int, data: bytes, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def _read_ready(fd: int) -> bytes | None:
+    """What a non-blocking fd has now: None if nothing yet, b"" at its end (or on an error)."""
+    try:
+        return os.read(fd, READ_CHUNK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _read_small(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
@@ -582,12 +592,9 @@ class Supervisor:
 
     def _read_stream(self, stream: Stream) -> None:
         assert stream.fd is not None
-        try:
-            data = os.read(stream.fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = _read_ready(stream.fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             stream.feed(data)
         else:
@@ -596,12 +603,9 @@ class Supervisor:
 
     def _read_result(self) -> None:
         assert self.res_fd is not None
-        try:
-            data = os.read(self.res_fd, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = _read_ready(self.res_fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             os.close(self.res_fd)
             self.res_fd = None
@@ -643,12 +647,9 @@ class Supervisor:
         if ev & select.POLLNVAL:
             self.stdin_open = False
             return
-        try:
-            data = os.read(0, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = _read_ready(0)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.stdin_open = False
         else:
