@@ -249,7 +249,7 @@ def render_bench(r: dict[str, Any]) -> str:
     if rows:
         out += [
             "Operator's own breakdown of the warm series (its /metrics; status_write counts",
-            "two writes per execution; p50/p99 interpolated within histogram buckets):",
+            "every status write; p50/p99 interpolated within histogram buckets):",
             "",
         ]
         out.append(md_table(["language", "step", "count", "mean ms", "~p50 ms", "~p99 ms"], rows))
@@ -257,7 +257,23 @@ def render_bench(r: dict[str, Any]) -> str:
     tp = r.get("throughput")
     if tp:
         o, c = tp["operator"], tp["raw_pod_churn"]
-        ok = tp.get("ratio") is not None and tp["ratio"] >= TARGETS["throughput_ratio"]
+        lean = tp.get("operator_no_preload")
+        target = TARGETS["throughput_ratio"]
+        ok = tp.get("ratio") is not None and tp["ratio"] >= target
+        ok_lean = tp.get("ratio_no_preload") is not None and tp["ratio_no_preload"] >= target
+
+        def row(label: str, t: dict[str, Any], width: Any) -> list[Any]:
+            return [
+                label,
+                width,
+                t["duration_seconds"],
+                t["completed_in_window"],
+                t["per_second"],
+                t["per_second_second_half"],
+                fmt_ms(t["latency_ms"].get("p50")),
+                fmt_ms(t["latency_ms"].get("p99")),
+            ]
+
         out.append(
             md_table(
                 [
@@ -271,34 +287,24 @@ def render_bench(r: dict[str, Any]) -> str:
                     "p99 ms",
                 ],
                 [
-                    [
-                        "operator (python)",
-                        o["clients"],
-                        o["duration_seconds"],
-                        o["completed_in_window"],
-                        o["per_second"],
-                        o["per_second_second_half"],
-                        fmt_ms(o["latency_ms"].get("p50")),
-                        fmt_ms(o["latency_ms"].get("p99")),
-                    ],
-                    [
-                        "raw pod churn",
-                        c["workers"],
-                        c["duration_seconds"],
-                        c["completed_in_window"],
-                        c["per_second"],
-                        c["per_second_second_half"],
-                        fmt_ms(c["latency_ms"].get("p50")),
-                        fmt_ms(c["latency_ms"].get("p99")),
-                    ],
+                    row("operator, python, numpy+pandas preloaded", o, o["clients"]),
+                    *([row("operator, python, no preload", lean, lean["clients"])] if lean else []),
+                    row("raw pod churn (bare python3 -c)", c, c["workers"]),
                 ],
             )
         )
         out.append("")
         out.append(
-            f"Throughput ratio operator / raw churn: {tp.get('ratio')} "
+            f"Throughput ratio operator / raw churn, default preload: {tp.get('ratio')} "
             f"(second half {tp.get('ratio_second_half')}); target >= 0.8: {verdict(ok)}"
         )
+        if lean:
+            out.append("")
+            out.append(
+                f"Same work as the bare pod (pool `preload: []`): {tp.get('ratio_no_preload')} "
+                f"(second half {tp.get('ratio_no_preload_second_half')}); target >= 0.8: "
+                f"{verdict(ok_lean)}"
+            )
         out.append("")
     cost = r.get("operator_cost")
     if cost:

@@ -296,10 +296,17 @@ class Bench:
             out["watch_events_per_execution"] = round(sum(events) / len(events), 2)
         return out
 
-    async def throughput(self, size: int, clients: int, duration: float) -> dict[str, Any]:
-        """C clients in a loop for `duration`; completions inside the window count."""
+    async def throughput(
+        self, size: int, clients: int, duration: float, preload: list[str] | None = None
+    ) -> dict[str, Any]:
+        """C clients in a loop for `duration`; completions inside the window count.
+
+        `preload` None keeps the image's default (numpy and pandas imported while each pod
+        warms); [] makes the pool's pods do the same work as the bare pods of the churn.
+        """
         language: Language = "python"
-        await create_pool(self.kube, POOLS[language], language, size)
+        spec = {} if preload is None else {"preload": preload}
+        await create_pool(self.kube, POOLS[language], language, size, **spec)
         await wait_pools_full(self.kube, {POOLS[language]: size})
         m0, cpu0 = await self.op.metrics(), self.op.sampler.cpu_seconds()
         mark = self.probe.mark()
@@ -324,10 +331,9 @@ class Bench:
         out["operator_breakdown"] = operator_breakdown(m0, m1, language)
         reasons = counter_delta(m0, m1, "codeexec_executions_total", ("reason",))
         out["reasons"] = {k: int(v) for k, v in reasons.items()}
-        out["pending_writes"] = int(
-            histogram_delta(m0, m1, "codeexec_step_seconds", step="status_write")["count"]
-            - 2 * len(done)
-        )
+        writes = histogram_delta(m0, m1, "codeexec_step_seconds", step="status_write")["count"]
+        out["status_writes_per_execution"] = round(writes / len(done), 2) if done else None
+        out["preload"] = "image default" if preload is None else preload
         return out
 
     async def churn(self, workers: int, duration: float) -> dict[str, Any]:
@@ -554,21 +560,35 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
             for lang in LANGS
         }
         log.info("throughput: %d clients for %.0fs", args.clients, args.duration)
-        tp = await bench.throughput(max(args.pool_size, args.clients), args.clients, args.duration)
+        size = max(args.pool_size, args.clients)
+        tp = await bench.throughput(size, args.clients, args.duration)
         log.info("throughput: %s/s", tp["per_second"])
+        log.info("throughput, no preload: %d clients for %.0fs", args.clients, args.duration)
+        lean = await bench.throughput(size, args.clients, args.duration, preload=[])
+        log.info("throughput, no preload: %s/s", lean["per_second"])
         log.info("raw pod churn: %d workers for %.0fs", args.clients, args.duration)
         ch = await bench.churn(args.clients, args.duration)
         log.info("raw pod churn: %s/s", ch["per_second"])
         result["throughput"] = {
             "operator": tp,
+            "operator_no_preload": lean,
             "raw_pod_churn": ch,
             "ratio": report.safe_ratio(tp["per_second"], ch["per_second"]),
             "ratio_second_half": report.safe_ratio(
                 tp["per_second_second_half"], ch["per_second_second_half"]
             ),
+            "ratio_no_preload": report.safe_ratio(lean["per_second"], ch["per_second"]),
+            "ratio_no_preload_second_half": report.safe_ratio(
+                lean["per_second_second_half"], ch["per_second_second_half"]
+            ),
         }
-        executions = sum(warm[lang]["n"] for lang in LANGS) + tp["executions_total"]
-        cpu = sum(warm[lang]["operator_cpu_seconds"] for lang in LANGS) + tp["operator_cpu_seconds"]
+        runs = (tp, lean)
+        executions = sum(warm[lang]["n"] for lang in LANGS) + sum(
+            t["executions_total"] for t in runs
+        )
+        cpu = sum(warm[lang]["operator_cpu_seconds"] for lang in LANGS) + sum(
+            t["operator_cpu_seconds"] for t in runs
+        )
         result["operator_cost"] = {
             "executions": executions,
             "cpu_seconds": round(cpu, 2),
@@ -579,9 +599,12 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
                 if warm[lang]["n"]
             },
             "cpu_ms_per_execution_throughput": round(
-                1000 * tp["operator_cpu_seconds"] / tp["executions_total"], 1
+                1000
+                * sum(t["operator_cpu_seconds"] for t in runs)
+                / sum(t["executions_total"] for t in runs),
+                1,
             )
-            if tp["executions_total"]
+            if any(t["executions_total"] for t in runs)
             else None,
             "idle_cpu_per_second": cold["python"]["operator_idle_cpu_per_second"],
             "peak_rss_mb": round(op.sampler.peak_rss() / 2**20, 1),
