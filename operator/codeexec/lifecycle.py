@@ -198,6 +198,7 @@ class Road:
                 ),
                 None,
                 started=None,
+                sandbox=recorded,
             )
             return
         fresh = False
@@ -224,8 +225,8 @@ class Road:
                 await self.rt.kube.delete(
                     PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
                 )
-                attempts = sandbox.attempts
-                sandbox = None
+                last, sandbox = sandbox, None
+                attempts = last.attempts
                 if attempts >= self.rt.settings.max_attempts:
                     await self.finish(
                         ex,
@@ -235,6 +236,7 @@ class Road:
                         ),
                         None,
                         started=False,
+                        sandbox=last,
                     )
                     return
                 log.info(
@@ -242,7 +244,7 @@ class Road:
                 )
                 continue
             failpoints.hit(failpoints.BEFORE_STATUS)
-            await self.finish(ex, outcome, report, **extra)
+            await self.finish(ex, outcome, report, sandbox=sandbox, **extra)
             failpoints.hit(failpoints.AFTER_STATUS)
             await self.rt.kube.delete(
                 PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
@@ -419,12 +421,14 @@ class Road:
         started: bool | None = None,
         exit_code: int | None = None,
         signal: int | None = None,
+        sandbox: st.Sandbox | None = None,
     ) -> None:
         res = st.result(outcome, report, exit_code=exit_code, signal=signal, started=started)
         created = st.parse_timestamp(ex.body["metadata"].get("creationTimestamp"))
-        await self.write_status(
-            ex, st.finished(outcome, res, created_at=created, generation=ex.generation)
+        body = st.finished(
+            outcome, res, created_at=created, generation=ex.generation, sandbox=sandbox
         )
+        await self.write_status(ex, body)
         self.rt.events.record(
             ex.body, outcome.reason.value, outcome.message, warning=not outcome.succeeded
         )

@@ -170,13 +170,22 @@ def finished(
     *,
     created_at: datetime | None,
     generation: int | None,
+    sandbox: Sandbox | None = None,
 ) -> dict[str, Any]:
     completed = now()
     duration = (completed - created_at).total_seconds() if created_at else None
     # A merge patch cannot store null: main returning None shows as no returnValue with
     # returnValueBytes 4 ("null").
     body = res.dump()
+    # A run quick enough to skip the Running write still says where it ran.
+    where: dict[str, Any] = {}
+    if sandbox is not None:
+        where = {"sandbox": sandbox.dump(), "startTime": timestamp(sandbox.claimed_at)}
+        if created_at is not None:
+            queued = (sandbox.claimed_at - created_at).total_seconds()
+            where["queuedMs"] = int(max(0.0, queued) * 1000)
     return {
+        **where,
         "phase": (Phase.SUCCEEDED if outcome.succeeded else Phase.FAILED).value,
         "reason": outcome.reason.value,
         "message": outcome.message[:MAX_MESSAGE_CHARS],
