@@ -52,7 +52,6 @@ from bench.common import (
     machine_info,
     node_info,
     on_cluster,
-    pool_ready,
     raw_get,
     results_paths,
     save_section,
@@ -193,11 +192,17 @@ class Bench:
 
     # ---- phases ----------------------------------------------------------------------
 
+    async def ready_pods(self, language: str) -> int:
+        # The operator's gauge, not the pool's status: the status is written at most once a
+        # second, the gauge is the view claims are made from.
+        metrics = await self.op.metrics()
+        return int(metrics.total("codeexec_pool_ready_pods", pool=POOLS[language]))
+
     async def settle(self, language: str, want: int, timeout: float = 60) -> tuple[float, int]:
         """Waits until the pool has `want` ready pods; returns (seconds waited, ready now)."""
         t0 = time.monotonic()
         deadline = t0 + timeout
-        while (ready := await pool_ready(self.kube, POOLS[language])) < want:
+        while (ready := await self.ready_pods(language)) < want:
             if time.monotonic() > deadline:
                 log.warning("pool %s: %d ready after %.0fs", POOLS[language], ready, timeout)
                 break

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 CREATE_BURST = 8
 # Each claim changes a pool's counts; writing every change would add a status write per
-# execution. Counts are written at most this often (the gauges always move at once).
-STATUS_INTERVAL_SECONDS = 2.0
+# execution. Counts are written at most once a second (the gauges always move at once).
+STATUS_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
