@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 # How often claimed pods are checked for an execution that no longer needs them.
 SWEEP_SECONDS = 60.0
+# What _reload answers for a resource that no longer exists.
+_GONE: dict[str, Any] = {}
 
 
 class Executions:
@@ -46,6 +48,7 @@ class Executions:
             if task is not None and not task.done():
                 task.cancel()
             self.janitor.forget(uid)
+            self._release(uid)
             return
         if body["metadata"].get("deletionTimestamp"):
             return
@@ -53,9 +56,7 @@ class Executions:
             self.janitor.track(body)
             if uid not in self._finished and uid not in self.tasks:
                 # Finished by an earlier process that may have died before deleting its pod.
-                for pod in self.rt.cache.claimed_for(uid):
-                    if not pod.deleting:
-                        self._spawn_delete(pod.name)
+                self._release(uid)
             return
         if uid in self._finished:
             return
@@ -68,20 +69,23 @@ class Executions:
         metrics.IN_FLIGHT.inc()
         try:
             for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+                # Cancelled (deleted resource, operator shutdown): the claimed pod stays as it
+                # is; a deletion releases it, a successor resumes it.
                 try:
                     await self.road.run(body)
                     self._remember(uid)
                     return
-                except asyncio.CancelledError:
-                    await self._release(body)
-                    raise
                 except Exception as err:
                     if delay is None:
                         log.exception("giving up on %s", uid)
                         return
                     log.warning("execution %s: attempt %d failed: %r", uid, attempt + 1, err)
                     await asyncio.sleep(delay)
-                    body = await self._reload(body) or body
+                    reloaded = await self._reload(body)
+                    if reloaded is _GONE:
+                        self._release(uid)
+                        return
+                    body = reloaded or body
                     if is_terminal(body):
                         return
         finally:
@@ -98,9 +102,13 @@ class Executions:
         try:
             return await self.rt.kube.get(CODE_EXECUTIONS, meta["name"], meta["namespace"])
         except ApiError as err:
-            if err.not_found:
-                raise asyncio.CancelledError() from err
-            return None
+            return _GONE if err.not_found else None
+
+    def _release(self, uid: str) -> None:
+        """Nobody will read this execution's result: free the pods claimed for it."""
+        for pod in self.rt.cache.claimed_for(uid):
+            if not pod.deleting:
+                self._spawn_delete(pod.name)
 
     def _spawn_delete(self, pod: str) -> None:
         task = asyncio.create_task(self._delete_pod(pod), name=f"release/{pod}")
@@ -144,20 +152,13 @@ class Executions:
             return False
         return body["metadata"].get("uid") != uid or is_terminal(body)
 
-    async def _release(self, body: dict[str, Any]) -> None:
-        """The resource is gone: nobody will read a result; free the pod it may hold."""
-        ns = self.rt.settings.sandbox_namespace
-        selector = f"codeexec.io/claimed-by={body['metadata']['uid']}"
-        try:
-            pods = await self.rt.kube.list(PODS, ns, label_selector=selector)
-            for pod in pods.get("items", []):
-                await self.rt.kube.delete(PODS, pod["metadata"]["name"], ns, grace_period=0)
-        except Exception as err:  # best effort; the pod's deadline reaps it anyway
-            log.warning("could not release the pod of a deleted execution: %r", err)
-
-    async def stop(self) -> None:
-        for task in self.tasks.values():
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Cancels every road and waits for them to let go (claimed pods stay for a successor)."""
+        tasks = [t for t in self.tasks.values() if not t.done()]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
 
 class Janitor:

@@ -35,6 +35,7 @@ class State:
 
     rt: Runtime
     executions: Executions
+    elector: LeaderElector | None
     tasks: list[asyncio.Task[None]]
     web: Any
 
@@ -77,9 +78,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     ready = asyncio.Event()
     STATE.web = await web.start(cfg.metrics_port, ready.is_set)
     leadership: list[asyncio.Task[None]] = []
+    STATE.elector = None
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, cfg.identity)
         await elector.acquire()
+        STATE.elector = elector
         leadership.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     ns = cfg.sandbox_namespace
     try:
@@ -123,6 +126,10 @@ async def cleanup(**_: Any) -> None:
     await STATE.rt.pools.stop()
     for task in STATE.tasks:
         task.cancel()
+    # Only once nothing of ours acts any more may a successor start.
+    await asyncio.wait(STATE.tasks, timeout=10)
+    if STATE.elector is not None:
+        await STATE.elector.release()
     await STATE.rt.events.drain()
     await STATE.web.cleanup()
     await STATE.rt.kube.close()

@@ -150,3 +150,33 @@ async def test_claimed_pod_deleted_before_delivery_runs_on_another(
         assert records.starts() <= 1
     finally:
         operator.restart()
+
+
+async def test_graceful_shutdown_leaves_running_code_to_the_successor(
+    operator: OperatorProcess, cx: Client, cluster: Cluster
+) -> None:
+    # A rolling update SIGTERMs the operator while code runs: the pod must be left for the
+    # next operator to resume, not released (which would lose the run).
+    created = await cx.submit(PROGRAM, arguments={"n": 5}, timeout_seconds=30)
+    records = PodRecords(cx.kube, created.uid)
+    watcher = asyncio.create_task(records.run())
+    try:
+
+        def claimed() -> str | None:
+            for p in sandbox_pods(cluster):
+                if p["metadata"]["labels"].get("codeexec.io/claimed-by") == created.uid:
+                    return str(p["metadata"]["name"])
+            return None
+
+        pod = wait_for(claimed, timeout=120, what="a pod claimed for the execution")
+        operator.stop()
+        operator.start()
+        done = await cx.wait(created.name, timeout=180)
+        assert done.status.reason == "Succeeded", done.status
+        assert done.status.result and done.status.result.return_value == 5
+        assert done.status.sandbox and done.status.sandbox.pod == pod
+        assert records.starts() <= 1
+    finally:
+        watcher.cancel()
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()
