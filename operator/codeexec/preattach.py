@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # A claim that lands while its pod's session is still opening waits this long for it; past
 # that, an ordinary attach is no slower.
 TAKE_WAIT_SECONDS = 0.5
+LONG_LIVED_SECONDS = 60.0
 
 
 @dataclass
@@ -126,10 +128,14 @@ class Preattacher:
                 else:
                     held.session = session
                     held.opened.set()
+                    opened_at = time.monotonic()
                     await session.wait_closed()
                     held.opened.clear()
                     held.session = None
-                    failures += 1
+                    # A session that lived long ended of old age (idle timeouts), not a fault.
+                    failures = (
+                        1 if time.monotonic() - opened_at > LONG_LIVED_SECONDS else failures + 1
+                    )
                     log.debug("pre-attached session to %s ended", name)
                 # Dropped sessions are reopened while the pod stays warm; back off so a pod
                 # the runtime refuses does not become a busy loop.
