@@ -62,9 +62,11 @@ class Executions:
             return
         task = self.tasks.get(uid)
         if task is None or task.done():
-            self.tasks[uid] = asyncio.create_task(self._drive(body), name=f"execution/{uid}")
+            self.tasks[uid] = asyncio.create_task(
+                self._drive(body, time.time()), name=f"execution/{uid}"
+            )
 
-    async def _drive(self, body: dict[str, Any]) -> None:
+    async def _drive(self, body: dict[str, Any], seen_at: float) -> None:
         uid = body["metadata"]["uid"]
         metrics.IN_FLIGHT.inc()
         try:
@@ -72,7 +74,7 @@ class Executions:
                 # Cancelled (deleted resource, operator shutdown): the claimed pod stays as it
                 # is; a deletion releases it, a successor resumes it.
                 try:
-                    await self.road.run(body)
+                    await self.road.run(body, seen_at)
                     self._remember(uid)
                     return
                 except Exception as err:

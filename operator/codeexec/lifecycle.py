@@ -19,6 +19,7 @@ import binascii
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -98,16 +99,30 @@ def decode_code(spec: CodeExecutionSpec) -> str:
         raise Invalid(f"decoded spec.codeB64 is not UTF-8 text: {err}") from err
 
 
-def parse(body: dict[str, Any]) -> Execution:
+def creation_time(body: dict[str, Any], seen_at: float | None = None) -> float:
+    """When the resource was created, as sharp as we can tell.
+
+    creationTimestamp has one-second resolution; a watch event that arrives within that
+    second pins the creation down to the millisecond (the watch lags the write by a few ms).
+    """
+    stamp = st.parse_timestamp(body["metadata"].get("creationTimestamp"))
+    if stamp is None:
+        return seen_at or time.time()
+    created = stamp.timestamp()
+    if seen_at is not None and 0.0 <= seen_at - created < 1.0:
+        return seen_at
+    return created
+
+
+def parse(body: dict[str, Any], seen_at: float | None = None) -> Execution:
     meta = body["metadata"]
-    created = st.parse_timestamp(meta.get("creationTimestamp"))
     base = {
         "body": body,
         "namespace": meta["namespace"],
         "name": meta["name"],
         "uid": meta["uid"],
         "generation": meta.get("generation"),
-        "created": created.timestamp() if created else time.time(),
+        "created": creation_time(body, seen_at),
         "status": body.get("status") or {},
     }
     try:
@@ -129,10 +144,10 @@ class Road:
         await self.rt.kube.patch_status(CODE_EXECUTIONS, ex.name, body, ex.namespace)
         metrics.STEP.labels("status_write").observe(time.monotonic() - started)
 
-    async def run(self, body: dict[str, Any]) -> None:
+    async def run(self, body: dict[str, Any], seen_at: float | None = None) -> None:
         meta = body["metadata"]
         try:
-            ex = parse(body)
+            ex = parse(body, seen_at)
         except Invalid as err:
             await self.finish_early(body, Reason.INVALID_REQUEST, str(err))
             return
@@ -202,6 +217,7 @@ class Road:
             )
             return
         fresh = False
+        stale: str | None = None
         while True:
             if sandbox is None:
                 try:
@@ -219,12 +235,13 @@ class Road:
                         started=False,
                     )
                     return
+            if stale is not None:
+                # The new claim is now the record; the pod that never started can go.
+                await self.delete_pod(stale)
+                stale = None
             try:
                 outcome, report, extra = await self.execute(ex, pool, sandbox, fresh=fresh)
             except NotStarted as err:
-                await self.rt.kube.delete(
-                    PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
-                )
                 last, sandbox = sandbox, None
                 attempts = last.attempts
                 if attempts >= self.rt.settings.max_attempts:
@@ -238,17 +255,19 @@ class Road:
                         started=False,
                         sandbox=last,
                     )
+                    await self.delete_pod(last.pod)
                     return
                 log.info(
                     "%s: pod ended before the code started (%s); claiming another", ex.ref, err
                 )
+                # Kept until the next claim: a restart in between must find this attempt's
+                # claim (and its "not started" record), not a status naming a vanished pod.
+                stale = last.pod
                 continue
             failpoints.hit(failpoints.BEFORE_STATUS)
             await self.finish(ex, outcome, report, sandbox=sandbox, **extra)
             failpoints.hit(failpoints.AFTER_STATUS)
-            await self.rt.kube.delete(
-                PODS, sandbox.pod, self.rt.settings.sandbox_namespace, grace_period=0
-            )
+            await self.delete_pod(sandbox.pod)
             return
 
     async def claim(self, ex: Execution, pool: Pool, attempt: int) -> st.Sandbox:
@@ -300,6 +319,10 @@ class Road:
         failpoints.hit(failpoints.AFTER_CLAIM)
         await failpoints.pause(failpoints.AFTER_CLAIM)
         return sandbox
+
+    async def delete_pod(self, name: str) -> None:
+        ns = self.rt.settings.sandbox_namespace
+        await self.rt.kube.delete(PODS, name, ns, grace_period=0, missing_ok=True)
 
     async def release_other_claims(self, ex: Execution, keep: str) -> None:
         """Older pods claimed for this execution were given up on; make sure they are gone."""
@@ -424,7 +447,7 @@ class Road:
         sandbox: st.Sandbox | None = None,
     ) -> None:
         res = st.result(outcome, report, exit_code=exit_code, signal=signal, started=started)
-        created = st.parse_timestamp(ex.body["metadata"].get("creationTimestamp"))
+        created = datetime.fromtimestamp(ex.created, UTC)
         body = st.finished(
             outcome, res, created_at=created, generation=ex.generation, sandbox=sandbox
         )

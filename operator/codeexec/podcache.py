@@ -150,9 +150,13 @@ class PodCache:
         return (p for p in self.pods.values() if p.pool == pool)
 
     def claimed_for(self, execution_uid: str) -> list[PodView]:
-        """Pods claimed for one execution, newest claim first."""
+        """Pods claimed for one execution, latest attempt first."""
         pods = [p for p in self.pods.values() if p.claimed_by == execution_uid]
-        return sorted(pods, key=lambda p: (p.claimed_at is not None, p.claimed_at), reverse=True)
+        return sorted(
+            pods,
+            key=lambda p: (p.attempt, p.claimed_at is not None, p.claimed_at),
+            reverse=True,
+        )
 
     def apply(self, event_type: str, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]

@@ -67,3 +67,10 @@ def test_a_late_event_never_rolls_a_claimed_pod_back_to_warm() -> None:
     cache.apply("MODIFIED", claimed("p1", "ex-uid", "2026-11-26T10:00:00Z", rv="5"))
     cache.apply("MODIFIED", pod("p1", rv="4"))
     assert cache.pods["p1"].claimed_by == "ex-uid"
+
+
+def test_claimed_for_puts_the_latest_attempt_first_even_within_one_second() -> None:
+    cache = PodCache(kube=None, namespace="sbx")  # type: ignore[arg-type]
+    cache.apply("ADDED", claimed("first", "ex-uid", "2026-11-26T10:00:00Z", attempt=1))
+    cache.apply("ADDED", claimed("second", "ex-uid", "2026-11-26T10:00:00Z", attempt=2))
+    assert [p.name for p in cache.claimed_for("ex-uid")] == ["second", "first"]
