@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from codeexec import failpoints, podspec
 from codeexec.kube.attach import (
@@ -31,6 +32,15 @@ FINISH_GRACE_SECONDS = 2.0
 # API server and the runtime; if the runner does not confirm the request on it by then, the
 # request is sent again on a fresh session (harmless: the runner takes one request only).
 CONFIRM_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The runner's report if it arrived, and whether its `CXS1` record was seen on a stream
+    (proof that the code was handed over, whatever happens to the pod afterwards)."""
+
+    report: Report | None
+    started: bool
 
 
 class NeverSent(Exception):
@@ -90,8 +100,8 @@ async def deliver(
     *,
     held: AttachSession | None = None,
     fresh: bool = False,
-) -> Report | None:
-    """The report, or None when the pod ended, vanished or the deadline passed without one.
+) -> Delivery:
+    """The report, or none when the pod ended, vanished or the deadline passed without one.
 
     `held` is a session opened before the claim (see preattach); `fresh` says that nobody can
     have sent this request yet (a claim made by this process just now), which is what lets a pod
@@ -101,6 +111,20 @@ async def deliver(
     resumed operator re-attaches and re-sends without any risk of the code starting twice.
     """
     exchange = _Exchange(request)
+    report = await _deliver(kube, cache, namespace, pod, exchange, deadline, held, fresh)
+    return Delivery(report, exchange.reader.started or (report is not None and report.started))
+
+
+async def _deliver(
+    kube: Kube,
+    cache: PodCache,
+    namespace: str,
+    pod: str,
+    exchange: _Exchange,
+    deadline: float,
+    held: AttachSession | None,
+    fresh: bool,
+) -> Report | None:
     attempt = 0
     while time.time() < deadline:
         view = cache.pods.get(pod)

@@ -386,7 +386,7 @@ class Road:
         held = await self.rt.preattach.take(sandbox.pod) if fresh else None
         metrics.DELIVERIES.labels("held" if held else "new").inc()
         try:
-            report = await deliver(
+            delivery = await deliver(
                 self.rt.kube,
                 self.rt.cache,
                 s.sandbox_namespace,
@@ -399,6 +399,7 @@ class Road:
         except NeverSent as err:
             raise NotStarted(str(err)) from err
         metrics.STEP.labels("deliver_and_run").observe(time.monotonic() - started)
+        report = delivery.report
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
             return classify(_with(evidence, report=report)), report, {}
@@ -408,7 +409,8 @@ class Road:
         if pod.record.report is not None and pod.record.report.started:
             return classify(_with(evidence, report=pod.record.report)), pod.record.report, {}
         if (
-            not pod.gone
+            not delivery.started
+            and not pod.gone
             and pod.terminated is not None
             and not pod.record.started
             and pod.terminated.reason != "OOMKilled"
@@ -418,6 +420,11 @@ class Road:
                 f"{pod.terminated.exit_code}) before receiving the code"
             )
         overdue = time.time() >= deadline and pod.terminated is None and not pod.gone
+        # Started if either record says so; unknown while the pod has no final record to
+        # consult (gone, or not yet terminated as it is being deleted).
+        code_started: bool | None = True
+        if not (delivery.started or pod.record.started):
+            code_started = None if pod.gone or pod.terminated is None else False
         outcome = classify(
             _with(
                 evidence,
@@ -425,11 +432,11 @@ class Road:
                 pod_reason=pod.reason,
                 pod_message=pod.message,
                 pod_gone=pod.gone,
-                code_started=None if pod.gone else pod.record.started,
+                code_started=code_started,
                 operator_deadline=overdue,
             )
         )
-        extra: dict[str, Any] = {"started": None if pod.gone else pod.record.started}
+        extra: dict[str, Any] = {"started": code_started}
         if pod.terminated is not None:
             extra["exit_code"] = pod.terminated.exit_code
             extra["signal"] = pod.terminated.signal

@@ -180,3 +180,25 @@ async def test_graceful_shutdown_leaves_running_code_to_the_successor(
         watcher.cancel()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
+
+
+async def test_pod_deleted_while_code_runs_is_a_sandbox_error_after_the_start(
+    cx: Client, cluster: Cluster
+) -> None:
+    # The pod's own record goes with it; the start the runner announced on the stream is what
+    # tells "after the code started" from "before".
+    created = await cx.submit("import time\ndef main():\n    time.sleep(60)\n", timeout_seconds=120)
+    for _ in range(600):
+        ex = await cx.get(created.name)
+        if ex.status.phase == "Running" and ex.status.sandbox and ex.status.sandbox.pod:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("never Running")
+    cluster.kubectl(
+        "delete", "pod", "-n", SANDBOX_NS, ex.status.sandbox.pod, "--grace-period=0", "--force"
+    )
+    done = await cx.wait(created.name, timeout=120)
+    assert done.status.reason == "SandboxError", done.status
+    assert "after the code started" in (done.status.message or "")
+    assert done.status.result and done.status.result.started is True
