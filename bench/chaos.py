@@ -32,7 +32,6 @@ import json
 import logging
 import random
 import secrets
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from bench.common import (
     Informer,
     MachineLoad,
     Operator,
+    add_common_args,
     bench_main,
     create_namespace,
     create_pool,
@@ -53,6 +53,7 @@ from bench.common import (
     on_cluster,
     results_paths,
     save_section,
+    smoke_defaults,
     teardown,
     utcnow,
     wait_namespaces_gone,
@@ -652,16 +653,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delete-max", type=float, default=2.5)
     p.add_argument("--wait-timeout", type=float, default=300, help="per execution, seconds")
     p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--cluster-timeout", type=float, default=900)
-    p.add_argument(
-        "--foreign-wait",
-        type=float,
-        default=600,
-        help="seconds to wait for another operator serving every namespace to go away",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
-    if "--smoke" in (sys.argv[1:] if argv is None else argv):
-        p.set_defaults(n=10)  # explicit options still win
+    add_common_args(p)
+    smoke_defaults(p, argv, n=10)
     return p.parse_args(argv)
 
 

@@ -9,6 +9,7 @@ have been killed, when the next one starts).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -1172,3 +1173,21 @@ def bench_main(
     deadline = (1200 if args.smoke else 3600) + args.cluster_timeout
     with run_lock():
         return run_main(run(args), deadline_s=deadline)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark command takes."""
+    p.add_argument("--cluster-timeout", type=float, default=900)
+    p.add_argument(
+        "--foreign-wait",
+        type=float,
+        default=600,
+        help="seconds to wait for another operator serving every namespace to go away",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def smoke_defaults(p: argparse.ArgumentParser, argv: list[str] | None, **defaults: Any) -> None:
+    """With --smoke, smaller defaults; options given explicitly still win."""
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):
+        p.set_defaults(**defaults)

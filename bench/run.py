@@ -24,7 +24,6 @@ import logging
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from bench.common import (
     Metrics,
     Operator,
     Waiters,
+    add_common_args,
     apiserver_metrics,
     bare_pod,
     bench_main,
@@ -55,6 +55,7 @@ from bench.common import (
     raw_get,
     results_paths,
     save_section,
+    smoke_defaults,
     summarize,
     teardown,
     utcnow,
@@ -657,16 +658,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="py-spy the operator during the warm series",
     )
-    p.add_argument("--cluster-timeout", type=float, default=900)
-    p.add_argument(
-        "--foreign-wait",
-        type=float,
-        default=600,
-        help="seconds to wait for another operator serving every namespace to go away",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
-    if "--smoke" in (sys.argv[1:] if argv is None else argv):
-        p.set_defaults(n=5, cold_n=5, warmup=1, clients=2, duration=10)  # explicit ones win
+    add_common_args(p)
+    smoke_defaults(p, argv, n=5, cold_n=5, warmup=1, clients=2, duration=10)
     args = p.parse_args(argv)
     if args.n < 1 or args.cold_n < 1 or args.clients < 1:
         p.error("n, cold-n and clients must be positive")

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import sys
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from bench.common import (
     MachineLoad,
     Metrics,
     Operator,
+    add_common_args,
     bench_main,
     counter_delta,
     create_namespace,
@@ -43,6 +43,7 @@ from bench.common import (
     raw_get,
     results_paths,
     save_section,
+    smoke_defaults,
     summarize,
     teardown,
     utcnow,
@@ -371,17 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue-timeout", type=int, default=900, help="the pool's queueTimeoutSeconds")
     p.add_argument("--pending-timeout", type=float, default=900)
     p.add_argument("--settle", type=float, default=10, help="seconds before the final check")
-    p.add_argument("--cluster-timeout", type=float, default=900)
-    p.add_argument(
-        "--foreign-wait",
-        type=float,
-        default=600,
-        help="seconds to wait for another operator serving every namespace to go away",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
-    if "--smoke" in (sys.argv[1:] if argv is None else argv):
-        # Explicit options still win over the smoke defaults.
-        p.set_defaults(finished=200, pending=20, namespaces=4, pending_timeout=300, settle=5)
+    add_common_args(p)
+    smoke_defaults(p, argv, finished=200, pending=20, namespaces=4, pending_timeout=300, settle=5)
     return p.parse_args(argv)
 
 

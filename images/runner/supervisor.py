@@ -813,9 +813,13 @@ class Supervisor:
             if self.exited_at is not None:
                 self.reap()
             self.kill_leftovers()
+        return self.report_without_run(rid, False, problem)
+
+    def report_without_run(self, rid: str | None, started: bool, problem: str) -> dict[str, Any]:
+        """A report with no run to describe: the code never started, or we failed around it."""
         return self.report(
             rid,
-            started=False,
+            started=started,
             protocolError=problem[:2000],
             exit=None,
             timedOut=False,
@@ -994,18 +998,8 @@ def main(argv: list[str] | None = None) -> int:
             _killpg(supervisor.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             supervisor.kill_leftovers()
-        report = supervisor.report(
-            supervisor.request_id,
-            started=supervisor.started,
-            protocolError=f"supervisor failure: {exc!r}"[:2000],
-            exit=None,
-            timedOut=False,
-            outputLimited=False,
-            oomKilled=False,
-            result=None,
-            stdout=None,
-            stderr=None,
-            usage=None,
+        report = supervisor.report_without_run(
+            supervisor.request_id, supervisor.started, f"supervisor failure: {exc!r}"
         )
     try:
         line = "CXR1 " + dumps(report)

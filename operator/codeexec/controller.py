@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
 # How often claimed pods are checked for an execution that no longer needs them.
 SWEEP_SECONDS = 60.0
-# What _reload answers for a resource that no longer exists.
-_GONE: dict[str, Any] = {}
+
+
+class _Gone(Exception):
+    """The resource no longer exists."""
 
 
 class Executions:
@@ -83,11 +85,11 @@ class Executions:
                         return
                     log.warning("execution %s: attempt %d failed: %r", uid, attempt + 1, err)
                     await asyncio.sleep(delay)
-                    reloaded = await self._reload(body)
-                    if reloaded is _GONE:
+                    try:
+                        body = await self._reload(body) or body
+                    except _Gone:
                         self._release(uid)
                         return
-                    body = reloaded or body
                     if is_terminal(body):
                         return
         finally:
@@ -104,7 +106,9 @@ class Executions:
         try:
             return await self.rt.kube.get(CODE_EXECUTIONS, meta["name"], meta["namespace"])
         except ApiError as err:
-            return _GONE if err.not_found else None
+            if err.not_found:
+                raise _Gone() from err
+            return None
 
     def _release(self, uid: str) -> None:
         """Nobody will read this execution's result: free the pods claimed for it."""

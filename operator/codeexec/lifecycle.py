@@ -80,6 +80,10 @@ class Execution:
     status: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created, UTC)
+
+    @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -174,13 +178,12 @@ class Road:
         self.rt.events.record(body, reason.value, message, warning=True)
         metrics.EXECUTIONS.labels(body.get("spec", {}).get("language", ""), reason.value).inc()
 
-    def resume(self, ex: Execution, pool: Pool) -> st.Sandbox | None:
+    def resume(self, pool: Pool, ex: Execution, recorded: st.Sandbox | None) -> st.Sandbox | None:
         """The pod an earlier run of this road claimed, from the claim written on the pod.
 
-        The status may lag the claim (it is written after it) or name a pod that has since been
-        replaced; the pod's own claim record is what counts.
+        The status (`recorded`) may lag the claim (it is written after it) or name a pod that has
+        since been replaced; the pod's own claim record is what counts.
         """
-        recorded = st.Sandbox.load(ex.status.get("sandbox"))
         for pod in self.rt.cache.claimed_for(ex.uid):
             if pod.deleting or not pod.request_id:
                 continue
@@ -198,8 +201,8 @@ class Road:
         return None
 
     async def run_valid(self, ex: Execution, pool: Pool) -> None:
-        sandbox = self.resume(ex, pool)
         recorded = st.Sandbox.load(ex.status.get("sandbox"))
+        sandbox = self.resume(pool, ex, recorded)
         attempts = max(sandbox.attempts if sandbox else 0, recorded.attempts if recorded else 0)
         if sandbox is not None:
             await self.release_other_claims(ex, keep=sandbox.pod)
@@ -337,8 +340,7 @@ class Road:
     ) -> None:
         await asyncio.sleep(RUNNING_RECORD_DELAY)
         writing.set()
-        queued_ms = int(max(0.0, sandbox.claimed_at.timestamp() - ex.created) * 1000)
-        await self.write_status(ex, st.running(sandbox, queued_ms, ex.generation))
+        await self.write_status(ex, st.running(sandbox, ex.created_at, ex.generation))
         failpoints.hit(failpoints.AFTER_RECORD)
 
     async def execute(
@@ -454,9 +456,8 @@ class Road:
         sandbox: st.Sandbox | None = None,
     ) -> None:
         res = st.result(outcome, report, exit_code=exit_code, signal=signal, started=started)
-        created = datetime.fromtimestamp(ex.created, UTC)
         body = st.finished(
-            outcome, res, created_at=created, generation=ex.generation, sandbox=sandbox
+            outcome, res, created_at=ex.created_at, generation=ex.generation, sandbox=sandbox
         )
         await self.write_status(ex, body)
         self.rt.events.record(

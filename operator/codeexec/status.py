@@ -93,15 +93,22 @@ class Sandbox:
         )
 
 
-def running(sandbox: Sandbox, queued_ms: int, generation: int | None) -> dict[str, Any]:
+def placement(sandbox: Sandbox, created_at: datetime | None) -> dict[str, Any]:
+    """Where and since when an execution runs, and how long it waited for that."""
+    where: dict[str, Any] = {"sandbox": sandbox.dump(), "startTime": timestamp(sandbox.claimed_at)}
+    if created_at is not None:
+        queued = (sandbox.claimed_at - created_at).total_seconds()
+        where["queuedMs"] = int(max(0.0, queued) * 1000)
+    return where
+
+
+def running(sandbox: Sandbox, created_at: datetime, generation: int | None) -> dict[str, Any]:
     return {
         "phase": Phase.RUNNING.value,
         "reason": "Running",
         "message": f"running in pod {sandbox.pod}",
         "observedGeneration": generation,
-        "queuedMs": queued_ms,
-        "startTime": timestamp(sandbox.claimed_at),
-        "sandbox": sandbox.dump(),
+        **placement(sandbox, created_at),
         "conditions": [condition("Claimed", True, "PodClaimed", f"claimed pod {sandbox.pod}")],
     }
 
@@ -178,12 +185,7 @@ def finished(
     # returnValueBytes 4 ("null").
     body = res.dump()
     # A run quick enough to skip the Running write still says where it ran.
-    where: dict[str, Any] = {}
-    if sandbox is not None:
-        where = {"sandbox": sandbox.dump(), "startTime": timestamp(sandbox.claimed_at)}
-        if created_at is not None:
-            queued = (sandbox.claimed_at - created_at).total_seconds()
-            where["queuedMs"] = int(max(0.0, queued) * 1000)
+    where = placement(sandbox, created_at) if sandbox is not None else {}
     return {
         **where,
         "phase": (Phase.SUCCEEDED if outcome.succeeded else Phase.FAILED).value,

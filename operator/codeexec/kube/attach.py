@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,23 +128,6 @@ async def open_attach(
         await ws.close()
         raise AttachError(f"API server did not agree to {PROTOCOL} (got {ws.protocol!r})")
     return AttachSession(ws)
-
-
-@asynccontextmanager
-async def attach(
-    kube: Kube,
-    namespace: str,
-    pod: str,
-    container: str,
-    *,
-    stdin: bool = True,
-    stderr: bool = False,
-) -> AsyncIterator[AttachSession]:
-    session = await open_attach(kube, namespace, pod, container, stdin=stdin, stderr=stderr)
-    try:
-        yield session
-    finally:
-        await session.close()
 
 
 def error_status(data: bytes) -> dict[str, Any]:
