@@ -1,0 +1,68 @@
+"""Issue 5: the benchmark commands keep working, and what they prove about safety holds.
+
+Short runs of `make bench`, `make chaos` and `make scale` (their `--smoke` sizes) against the
+real local cluster, each with its own operator process. Speed is reported, never asserted here
+(no timed assertions); what is asserted is that each command completes and writes its results,
+and the correctness figures: no execution started twice, no leaked pod, no lost result, no
+finished execution touched after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from e2e.fixtures import REPO_ROOT, Cluster
+
+pytestmark = pytest.mark.cluster
+
+SMOKE_RESULTS = REPO_ROOT / "bench" / "results.smoke.json.tmp"
+
+
+def run_bench(cluster: Cluster, module: str, *args: str) -> dict[str, Any]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--smoke", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, f"{module}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return dict(json.loads(SMOKE_RESULTS.read_text()))
+
+
+def test_bench_measures_warm_cold_and_throughput(cluster: Cluster) -> None:
+    r = run_bench(cluster, "bench", "--no-profile")["bench"]
+    for lang in ("python", "nodejs"):
+        assert r["warm"][lang]["failed"] == 0, r["warm"][lang].get("failures")
+        assert r["warm"][lang]["latency_ms"]["n"] == r["parameters"]["n"]
+        assert r["cold"][lang]["latency_ms"]["n"] == r["parameters"]["cold_n"]
+        assert r["warm_vs_cold"][lang]["p50"] is not None
+    tp = r["throughput"]
+    assert tp["operator"]["reasons"] == {"Succeeded": tp["operator"]["executions_total"]}
+    assert tp["ratio"] is not None and tp["ratio_no_preload"] is not None
+    assert r["operator_cost"]["peak_rss_mb"] > 0
+
+
+def test_chaos_never_runs_code_twice_leaks_or_loses(cluster: Cluster) -> None:
+    r = run_bench(cluster, "bench.chaos")["chaos"]
+    assert set(r["scenarios"]) == {"operator-kill", "pod-delete"}
+    for name, s in r["scenarios"].items():
+        assert s["terminal"] == s["executions"], name
+        assert (s["duplicates"], s["leaked_pods"], s["lost_results"]) == (0, 0, 0), (name, s)
+    assert r["passed"] is True
+
+
+def test_scale_restart_leaves_finished_executions_alone(cluster: Cluster) -> None:
+    r = run_bench(cluster, "bench.scale")["scale"]
+    assert r["finished_changed"] == 0
+    assert r["executions_finished_by_operator_total"] == r["pending"]
+    assert r["pending_terminal"] == r["pending"]
+    assert r["passed"] is True
