@@ -25,8 +25,11 @@ from codeexec.kube import config
 from codeexec.kube.client import Kube
 
 SANDBOX_NS = "codeexec-sandbox"
-PYTHON_IMAGE = "codeexec.local/python-sandbox:dev"
-NODEJS_IMAGE = "codeexec.local/nodejs-sandbox:dev"
+# IMAGE_TAG as in e2e/cluster/images.sh: a change to the sandbox images can be tried under its
+# own tag without disturbing other users of the cluster.
+_TAG = os.environ.get("IMAGE_TAG", "dev")
+PYTHON_IMAGE = f"codeexec.local/python-sandbox:{_TAG}"
+NODEJS_IMAGE = f"codeexec.local/nodejs-sandbox:{_TAG}"
 METRICS_PORT = 18080
 # Pools of this suite's operator; other installations on the cluster (the chart's) use others.
 INSTANCE_LABEL, INSTANCE = "codeexec.io/instance", "tests"
