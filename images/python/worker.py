@@ -18,6 +18,7 @@ import json
 import linecache
 import os
 import resource
+import signal
 import socket
 import sys
 import traceback
@@ -473,6 +474,9 @@ def main() -> NoReturn:
     # -I left the script directory off sys.path; the seed's runner had the code's directory.
     sys.path.insert(0, os.getcwd())
     sys.argv = [USER_FILENAME]
+    # Python ignores SIGXFSZ; the kernel's signal at RLIMIT_FSIZE is the supervisor's evidence
+    # that a file hit the size limit (a program that ignores it again gets EFBIG instead).
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_ms = round((usage.ru_utime + usage.ru_stime) * 1000.0, 3)
     _send(json.dumps({"kind": "ready", "cpuMs": cpu_ms}).encode() + b"\n")

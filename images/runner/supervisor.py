@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -23,7 +24,24 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
+
+
+def _sibling(name: str) -> ModuleType:
+    # `python -I` leaves this file's directory off sys.path: load the runner's modules by path.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"codeexec_runner_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+confine = _sibling("confine")
+evidence = _sibling("evidence")
 
 PROTOCOL = "codeexec.io/runner/v1"
 RUNNER_VERSION = "1"
@@ -34,6 +52,8 @@ DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 # Room for the record's envelope and an error record's message/traceback/causes.
 RESULT_SLACK_BYTES = 64 * 1024
 DEFAULT_MAX_PROCESSES = 256
+# RLIMIT_FSIZE of the worker when the pod does not say (podspec passes the scratch size).
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 TERMINATION_LOG_LIMIT = 4000
 STARTUP_DIAG_BYTES = 2048
 READ_CHUNK = 65536
@@ -389,6 +409,9 @@ class Config:
     termination_log: str
     cgroup: CgroupMemory
     ready_file: str | None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    scratch: str = "/tmp"
+    proc_net: str = "/proc/self/net"
 
 
 class Supervisor:
@@ -415,6 +438,7 @@ class Supervisor:
         self.rusage: resource.struct_rusage | None = None
         self.stdin_buf = bytearray()
         self.stdin_open = True
+        self.watch: Any = None  # evidence.Watch while the code runs
 
     # -- process management ------------------------------------------------------------------
 
@@ -450,15 +474,12 @@ class Supervisor:
             for target, fd in enumerate(high):
                 os.dup2(fd, target)
             os.closerange(4, 65536)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
-            limit = self.config.max_processes
-            if hard != resource.RLIM_INFINITY:
-                limit = min(limit, hard)
-            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
             # Raising is always allowed: the OOM killer then picks user code, never us.
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
                 f.write("1000")
+            # Last: rlimits and the seccomp filter (confine.py). A worker that cannot be
+            # confined never starts; the report then says why (started: false).
+            confine.confine(self.config.max_processes, self.config.max_file_bytes)
             os.execve(self.config.argv[0], self.config.argv, env)
         except BaseException as exc:
             with contextlib.suppress(BaseException):
@@ -575,6 +596,8 @@ class Supervisor:
                 self._read_stdin(ev)
         self._poll_exit()
         self._reap_orphans()
+        if self.watch is not None:
+            self.watch.sample()
 
     def _reap_orphans(self) -> None:
         # Orphaned descendants are re-parented to us (as init, or as subreaper); reaping them as
@@ -726,6 +749,13 @@ class Supervisor:
         # attach session carried it.
         _write_all(1, started.encode("ascii") + b"\n", timeout_s=2.0)
         self.request_id, self.started = request.id, True
+        self.watch = evidence.Watch(
+            evidence.Kernel(self.config.cgroup.root, self.config.proc_net),
+            process_limit=self.config.max_processes,
+            scratch=self.config.scratch,
+            cwd=os.getcwd(),
+        )
+        self.watch.begin()
         start = _now()
         deadline = start + request.timeout_ms / 1000.0
         timed_out = output_limited = False
@@ -768,6 +798,9 @@ class Supervisor:
             output_limited = True
         code, sig = _decode_status(self.status)
         result, _ = interpret_result(bytes(self.res_buf), self.res_overflow, code)
+        error = result if result is not None and result.get("kind") == "error" else None
+        seen = self.watch.end(error)
+        self.watch = None
         oom_after = self.config.cgroup.oom_kills()
         cpu_ms = None
         max_rss = None
@@ -791,6 +824,7 @@ class Supervisor:
                 "maxRssKb": max_rss,
                 "cgroupPeakBytes": self.config.cgroup.peak_bytes(),
             },
+            evidence=seen,
         )
 
     def drain(self) -> None:
@@ -829,6 +863,7 @@ class Supervisor:
             stdout=None,
             stderr=None,
             usage=None,
+            evidence=None,
         )
 
     def report(self, rid: str | None, **fields: Any) -> dict[str, Any]:
@@ -956,6 +991,13 @@ def _worker_argv(
     return [*argv, worker]
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
 def parse_args(argv: list[str]) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
@@ -967,15 +1009,16 @@ def parse_args(argv: list[str]) -> Config:
     if args.language not in LANGUAGES:
         parser.error("--language (or CODEEXEC_LANGUAGE) must be python or nodejs")
     cg = CgroupMemory(os.environ.get("CODEEXEC_CGROUP_ROOT", "/sys/fs/cgroup"))
-    try:
-        max_processes = int(os.environ.get("CODEEXEC_MAX_PROCESSES", DEFAULT_MAX_PROCESSES))
-    except ValueError:
-        max_processes = DEFAULT_MAX_PROCESSES
+    max_processes = _env_int("CODEEXEC_MAX_PROCESSES", DEFAULT_MAX_PROCESSES)
+    max_file_bytes = _env_int("CODEEXEC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)
     worker = _worker_path(args.language, args.worker)
     return Config(
         language=args.language,
         argv=_worker_argv(args.language, worker, args.interpreter, cg),
         max_processes=max(max_processes, 1),
+        max_file_bytes=max(max_file_bytes, 4096),
+        scratch=os.environ.get("CODEEXEC_SCRATCH_DIR", "/tmp"),
+        proc_net=os.environ.get("CODEEXEC_PROC_NET", "/proc/self/net"),
         termination_log=os.environ.get("CODEEXEC_TERMINATION_LOG", "/dev/termination-log"),
         cgroup=cg,
         ready_file=os.environ.get("CODEEXEC_READY_FILE") or None,

@@ -17,8 +17,9 @@ from typing import Any
 
 from codeexec import metrics
 from codeexec import status as st
-from codeexec.kube.client import CODE_EXECUTIONS, PODS, ApiError
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError
 from codeexec.lifecycle import Road, Runtime, is_terminal
+from codeexec.poddelete import delete_pod
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Executions:
     async def _delete_pod(self, pod: str) -> None:
         ns = self.rt.settings.sandbox_namespace
         try:
-            await self.rt.kube.delete(PODS, pod, ns, grace_period=0, missing_ok=True)
+            await delete_pod(self.rt.kube, ns, pod)
         except Exception as err:  # the sweep tries again
             log.warning("could not delete sandbox pod %s: %r", pod, err)
 

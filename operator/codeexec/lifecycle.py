@@ -30,10 +30,11 @@ from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
 from codeexec.deliver import NeverSent, deliver
-from codeexec.kube.client import CODE_EXECUTIONS, PODS, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, Kube
 from codeexec.kube.events import Recorder
 from codeexec.outcomes import Evidence, Outcome, Reason, classify
 from codeexec.podcache import PodCache
+from codeexec.poddelete import delete_pod
 from codeexec.pool import Pool, PoolManager
 from codeexec.preattach import Preattacher
 from codeexec.protocol import Report, Request, new_request_id
@@ -196,8 +197,7 @@ class Road:
                 claimed_at=pod.claimed_at or st.now(),
                 attempts=pod.attempt,
             )
-        if recorded is not None and recorded.pod in self.rt.cache.pods:
-            return recorded  # claimed before pods carried their claim record
+        # A status alone cannot resume a run: it shows a digest of the nonce, not the nonce.
         return None
 
     async def run_valid(self, ex: Execution, pool: Pool) -> None:
@@ -324,16 +324,14 @@ class Road:
         return sandbox
 
     async def delete_pod(self, name: str) -> None:
-        ns = self.rt.settings.sandbox_namespace
-        await self.rt.kube.delete(PODS, name, ns, grace_period=0, missing_ok=True)
+        await delete_pod(self.rt.kube, self.rt.settings.sandbox_namespace, name)
 
     async def release_other_claims(self, ex: Execution, keep: str) -> None:
         """Older pods claimed for this execution were given up on; make sure they are gone."""
-        ns = self.rt.settings.sandbox_namespace
         for pod in self.rt.cache.claimed_for(ex.uid):
             if pod.name != keep and not pod.deleting:
                 log.info("%s: releasing earlier claim on pod %s", ex.ref, pod.name)
-                await self.rt.kube.delete(PODS, pod.name, ns, grace_period=0, missing_ok=True)
+                await self.delete_pod(pod.name)
 
     async def record_running(
         self, ex: Execution, sandbox: st.Sandbox, writing: asyncio.Event

@@ -1,9 +1,13 @@
 """How an execution ended: the reasons, their seed-contract mapping, and `classify`.
 
-Pure. The evidence is what the program cannot forge: the supervisor's report (wait status,
-its own deadline and output counters, the cgroup's OOM counter, the structured error record),
-and, when the report is missing, the container's `state.terminated` and the pod's status.
-Nothing here reads the user's stdout or stderr for meaning.
+Pure. A resource or access reason needs evidence the program cannot forge: the supervisor's
+own deadline and output counters, the wait status (SIGSYS and SIGXFSZ reach the program only
+from the kernel: its seccomp filter refuses to let it send them), and the kernel's counters in
+the report's `evidence` (cgroup OOM kills, memory-limit hits and task peak, the network
+namespace's IP packets, the sandbox's real file permissions); when the report is missing, the
+container's `state.terminated` and the pod's status. The program's own error record (type,
+errno, code, message) only says *which* limit, never *whether*: an error the program built
+itself stays a UserException. Nothing here reads the user's stdout or stderr for meaning.
 """
 
 from __future__ import annotations
@@ -78,7 +82,6 @@ SEED: dict[Reason, SeedClass] = {
 }
 
 _FILE_ACCESS_CODES = frozenset({"EACCES", "EROFS"})
-_SYSCALL_CODES = frozenset({"EPERM", "ENOSYS"})
 _NETWORK_CODES = frozenset(
     {
         "ECONNREFUSED",
@@ -94,7 +97,6 @@ _NETWORK_CODES = frozenset(
     }
 )
 _PROCESS_CODES = frozenset({"EAGAIN"})
-_PROCESS_SYSCALLS = frozenset({"fork", "spawn", "clone", "vfork", "uv_spawn", "pthread_create"})
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,12 @@ def classify(ev: Evidence) -> Outcome:
 
 def _from_report(r: Report, ev: Evidence) -> Outcome:
     error = r.result if r.result and r.result.get("kind") == "error" else None
-    if r.oom_killed or _is_memory_error(error, r, ev.language):
-        return Outcome(Reason.MEMORY_LIMIT, "the program ran out of memory")
+    # The supervisor's deadline fired while the program ran: whatever it raised or how it died
+    # afterwards (a SIGTERM handler raising MemoryError) is not evidence of anything else.
     if r.timed_out:
         return Outcome(Reason.WALL_TIMEOUT, "the program ran past its time limit and was stopped")
+    if r.oom_killed:
+        return Outcome(Reason.MEMORY_LIMIT, "the program ran out of memory")
     if r.output_limited:
         return Outcome(
             Reason.OUTPUT_LIMIT, "the program's output passed the limit and it was stopped"
@@ -171,6 +175,13 @@ def _from_report(r: Report, ev: Evidence) -> Outcome:
     if r.signal is not None:
         if r.signal == _signal.SIGSYS:
             return Outcome(Reason.DISALLOWED_SYSCALL, "the program made a forbidden system call")
+        if r.signal == _signal.SIGXFSZ:
+            return Outcome(
+                Reason.OUTPUT_LIMIT, "a file the program wrote reached the sandbox's size limit"
+            )
+        if r.signal == _signal.SIGABRT and ev.language == "nodejs" and _memory_full(r):
+            # V8 aborts at its heap limit; the abort counts only if the cgroup was at its limit.
+            return Outcome(Reason.MEMORY_LIMIT, "the program ran out of memory")
         return Outcome(Reason.SIGNALED, f"the program was killed by {signal_name(r.signal)}")
     if r.result and r.result.get("kind") == "returned":
         if r.exit_code in (0, None):
@@ -201,14 +212,18 @@ def _code(err: dict[str, Any]) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _is_memory_error(error: dict[str, Any] | None, r: Report, language: str) -> bool:
-    if error is not None and any(t == "MemoryError" for t, _, _ in _error_codes(error)):
-        return True
-    # V8 aborts when the heap limit is reached; the abort is its own, not the program's.
+def _memory_full(r: Report) -> bool:
+    """The cgroup's usage hit its limit during the run (counted by the kernel)."""
+    return bool(r.memory_limit_hits)
+
+
+def _at_process_limit(r: Report) -> bool:
+    """The sandbox's task count reached its process limit (the cgroup's peak or the
+    supervisor's samples of it): only then is a failed fork the limit's doing."""
     return (
-        language == "nodejs"
-        and r.signal == _signal.SIGABRT
-        and "heap out of memory" in r.stderr.text[-4096:]
+        r.tasks_peak is not None
+        and r.process_limit is not None
+        and (r.tasks_peak >= r.process_limit)
     )
 
 
@@ -226,16 +241,22 @@ def _from_error(error: dict[str, Any], ev: Evidence) -> Outcome:
         return Outcome(
             Reason.RESULT_NOT_SERIALIZABLE, f"main returned a value that is not JSON ({err_type})"
         )
-    for t, code, syscall in _error_codes(error):
-        if code in _PROCESS_CODES and (syscall in _PROCESS_SYSCALLS or t == "BlockingIOError"):
+    r = ev.report
+    assert r is not None
+    for t, code, _ in _error_codes(error):
+        if t == "MemoryError" and _memory_full(r):
+            return Outcome(Reason.MEMORY_LIMIT, "the program ran out of memory")
+        if _at_process_limit(r) and (
+            code in _PROCESS_CODES or (t == "RuntimeError" and "can't start new thread" in message)
+        ):
             return Outcome(Reason.PROCESS_LIMIT, f"process limit reached: {described}")
-        if t == "RuntimeError" and "can't start new thread" in message:
-            return Outcome(Reason.PROCESS_LIMIT, f"thread limit reached: {described}")
-        if code in _FILE_ACCESS_CODES:
+        if code == "ENOSPC" and r.scratch_full:
+            return Outcome(Reason.OUTPUT_LIMIT, f"the scratch space is full: {described}")
+        # The supervisor checked the named path: this uid really may not use it.
+        if code in _FILE_ACCESS_CODES and r.access_denied:
             return Outcome(Reason.PERMISSION_DENIED, f"file access denied: {described}")
-        if code in _SYSCALL_CODES:
-            return Outcome(Reason.DISALLOWED_SYSCALL, f"operation not permitted: {described}")
-        if code in _NETWORK_CODES and not ev.network_allowed:
+        # The sandbox really sent (or failed to route) IP packets while it had no network.
+        if code in _NETWORK_CODES and not ev.network_allowed and r.ip_packets_sent:
             return Outcome(Reason.NETWORK_BLOCKED, f"network access blocked: {described}")
     return Outcome(Reason.USER_EXCEPTION, described)
 

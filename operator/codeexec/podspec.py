@@ -34,9 +34,33 @@ WARM_DEADLINE_SECONDS = 24 * 3600
 # Room for the runner's own SIGTERM-then-SIGKILL and report before the kubelet steps in.
 DEADLINE_SLACK_SECONDS = 30
 READY_FILE = "/tmp/.codeexec-ready"
+# Never 0: a delete that names no grace period takes this one, and 0 would remove the object
+# before the kubelet has stopped the container (poddelete.py says why that matters).
+TERMINATION_GRACE_SECONDS = 1
+# RLIMIT_FSIZE of the user's code when the scratch size cannot be read (supervisor default).
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+_QUANTITY_SUFFIXES = {
+    "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+}  # fmt: skip
 
 
 UID_MIN, UID_MAX = 100_000, 2_000_000_000
+
+
+def quantity_bytes(text: str) -> int | None:
+    """A Kubernetes memory quantity ("64Mi", "1G", "1048576") in bytes, or None."""
+    for suffix, scale in sorted(_QUANTITY_SUFFIXES.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(suffix):
+            number = text[: -len(suffix)]
+            return int(number) * scale if number.isdigit() else None
+    return int(text) if text.isdigit() else None
+
+
+def max_file_bytes(spec: SandboxPoolSpec) -> int:
+    """No file the code writes may outgrow its scratch space: that also bounds the files that
+    live on the node's disk outside the pod's storage accounting (/dev/termination-log)."""
+    return quantity_bytes(spec.scratch_size_limit) or DEFAULT_MAX_FILE_BYTES
 
 
 def template_hash(spec: SandboxPoolSpec) -> str:
@@ -67,7 +91,7 @@ def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, A
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "activeDeadlineSeconds": WARM_DEADLINE_SECONDS,
-        "terminationGracePeriodSeconds": 0,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "hostNetwork": False,
         "hostPID": False,
         "hostIPC": False,
@@ -92,6 +116,7 @@ def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, A
                 "env": [
                     {"name": "CODEEXEC_LANGUAGE", "value": spec.language},
                     {"name": "CODEEXEC_MAX_PROCESSES", "value": str(spec.max_processes)},
+                    {"name": "CODEEXEC_MAX_FILE_BYTES", "value": str(max_file_bytes(spec))},
                     {"name": "HOME", "value": "/tmp"},
                     {"name": "CODEEXEC_READY_FILE", "value": READY_FILE},
                     *(

@@ -21,6 +21,7 @@ from codeexec import metrics, podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
+from codeexec.poddelete import delete_pod
 from codeexec.settings import selector_matches
 from codeexec.status import condition
 
@@ -221,12 +222,8 @@ class PoolManager:
     async def _delete_warm(self, pod: PodView) -> None:
         """Only if it is still the warm pod we saw: a claim in the meantime wins (409)."""
         try:
-            await self.kube.delete(
-                PODS,
-                pod.name,
-                self.namespace,
-                grace_period=0,
-                resource_version=pod.resource_version,
+            await delete_pod(
+                self.kube, self.namespace, pod.name, resource_version=pod.resource_version
             )
         except ApiError as err:
             if not err.conflict:

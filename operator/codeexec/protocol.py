@@ -85,12 +85,22 @@ class Report:
     cpu_ms: float | None = None
     max_rss_kb: int | None = None
     cgroup_peak_bytes: int | None = None
+    # What the kernel saw (the supervisor's `evidence`): the only grounds for a resource or
+    # access reason besides the supervisor's own flags and the wait status.
+    tasks_peak: int | None = None
+    process_limit: int | None = None
+    memory_limit_hits: int | None = None
+    ip_packets_sent: int | None = None
+    scratch_full: bool = False
+    access_denied: bool = False
     compact: bool = False
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], *, compact: bool = False) -> Report:
         exit_ = doc.get("exit") or {}
         usage = doc.get("usage") or {}
+        seen = doc.get("evidence")
+        seen = seen if isinstance(seen, dict) else {}
         result = doc.get("result")
         return cls(
             started=bool(doc.get("started")),
@@ -107,6 +117,12 @@ class Report:
             cpu_ms=_float_or_none(usage.get("cpuMs")),
             max_rss_kb=_int_or_none(usage.get("maxRssKb")),
             cgroup_peak_bytes=_int_or_none(usage.get("cgroupPeakBytes")),
+            tasks_peak=_int_or_none(seen.get("tasksPeak")),
+            process_limit=_int_or_none(seen.get("processLimit")),
+            memory_limit_hits=_int_or_none(seen.get("memoryLimitHits")),
+            ip_packets_sent=_int_or_none(seen.get("ipPacketsSent")),
+            scratch_full=seen.get("scratchFull") is True,
+            access_denied=seen.get("accessDenied") is True,
             compact=compact,
         )
 
@@ -160,6 +176,13 @@ class ReportReader:
 
 def id_digest(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()
+
+
+def public_id(request_id: str) -> str:
+    """What may be shown of a request id (status, logs): a digest, never the nonce itself,
+    which is what makes a report line the supervisor's (the pod's claim annotation keeps it,
+    out of tenants' and the user's code's reach)."""
+    return id_digest(request_id)[:32]
 
 
 def started_line(request_id: str) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any
 
 from codeexec.api.models import ErrorInfo, ExecutionResult, Phase
 from codeexec.outcomes import Outcome, Reason, signal_name
-from codeexec.protocol import Report
+from codeexec.protocol import Report, public_id
 
 # etcd refuses objects over 1.5 MiB; code (128 KiB) + two streams + return value + traceback
 # must stay well below that.
@@ -59,6 +59,9 @@ def pending(reason: str, message: str, generation: int | None) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class Sandbox:
+    """The pod an execution runs in. `request_id` is the runner's nonce while the road holds
+    it; the status shows only its public_id, so one read back from a status is that digest."""
+
     pool: str
     pod: str
     pod_uid: str
@@ -73,7 +76,7 @@ class Sandbox:
             "pod": self.pod,
             "podUID": self.pod_uid,
             "node": self.node,
-            "requestId": self.request_id,
+            "requestId": public_id(self.request_id),
             "claimedAt": timestamp(self.claimed_at),
             "attempts": self.attempts,
         }

@@ -31,6 +31,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+RUNNER_FILES = (
+    "runner/supervisor.py",
+    "runner/confine.py",
+    "runner/evidence.py",
+    "python/worker.py",
+    "nodejs/worker.js",
+)
+
+
 def _installed_runner() -> Path:
     """The runner files laid out world-readable, as in the image's /opt/codeexec.
 
@@ -39,7 +48,7 @@ def _installed_runner() -> Path:
     """
     target = Path(tempfile.mkdtemp(prefix="codeexec-runner-files-"))
     target.chmod(0o755)
-    for source in ("runner/supervisor.py", "python/worker.py", "nodejs/worker.js"):
+    for source in RUNNER_FILES:
         dest = target / Path(source).name
         shutil.copyfile(REPO / "images" / source, dest)
         dest.chmod(0o644)

@@ -10,6 +10,8 @@ import pytest
 from codeexec.outcomes import SEED, Evidence, Reason, Terminated, classify
 from codeexec.protocol import Report, Stream
 
+AT_LIMIT: dict[str, Any] = {"tasks_peak": 24, "process_limit": 24}
+
 
 def report(**kw: Any) -> Report:
     base: dict[str, Any] = {"started": True, "exit_code": 0}
@@ -72,23 +74,35 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.MEMORY_LIMIT,
     ),
     (
-        "MemoryError",
-        Evidence(report=report(exit_code=1, result=error(type_="MemoryError"))),
+        "MemoryError at the cgroup limit",
+        Evidence(
+            report=report(exit_code=1, result=error(type_="MemoryError"), memory_limit_hits=3)
+        ),
         Reason.MEMORY_LIMIT,
     ),
     (
-        "node heap abort",
+        "node heap abort at the cgroup limit",
         Evidence(
             language="nodejs",
-            report=report(
-                exit_code=None,
-                signal=signal.SIGABRT,
-                stderr=Stream(
-                    "FATAL ERROR: Reached heap limit ... JavaScript heap out of memory", 60
-                ),
-            ),
+            report=report(exit_code=None, signal=signal.SIGABRT, memory_limit_hits=1),
         ),
         Reason.MEMORY_LIMIT,
+    ),
+    (
+        "file size limit (SIGXFSZ)",
+        Evidence(report=report(exit_code=None, signal=signal.SIGXFSZ)),
+        Reason.OUTPUT_LIMIT,
+    ),
+    (
+        "ENOSPC with the scratch full",
+        Evidence(
+            report=report(
+                exit_code=1,
+                result=error(type_="OSError", errno=28, code="ENOSPC"),
+                scratch_full=True,
+            )
+        ),
+        Reason.OUTPUT_LIMIT,
     ),
     (
         "python abort is not memory",
@@ -105,19 +119,25 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.OUTPUT_LIMIT,
     ),
     (
-        "fork EAGAIN",
+        "fork EAGAIN at the process limit",
         Evidence(
             report=report(
-                exit_code=1, result=error(type_="BlockingIOError", errno=11, code="EAGAIN")
+                exit_code=1,
+                result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
+                **AT_LIMIT,
             )
         ),
         Reason.PROCESS_LIMIT,
     ),
     (
-        "node spawn EAGAIN",
+        "node spawn EAGAIN at the process limit",
         Evidence(
             language="nodejs",
-            report=report(exit_code=1, result=error(type_="Error", code="EAGAIN", syscall="spawn")),
+            report=report(
+                exit_code=1,
+                result=error(type_="Error", code="EAGAIN", syscall="spawn sleep"),
+                **AT_LIMIT,
+            ),
         ),
         Reason.PROCESS_LIMIT,
     ),
@@ -125,38 +145,49 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         "thread limit",
         Evidence(
             report=report(
-                exit_code=1, result=error(type_="RuntimeError", message="can't start new thread")
+                exit_code=1,
+                result=error(type_="RuntimeError", message="can't start new thread"),
+                **AT_LIMIT,
             )
         ),
         Reason.PROCESS_LIMIT,
     ),
     (
-        "EACCES",
+        "EACCES on a path the sandbox denies",
         Evidence(
             report=report(
-                exit_code=1, result=error(type_="PermissionError", errno=13, code="EACCES")
+                exit_code=1,
+                result=error(type_="PermissionError", errno=13, code="EACCES", filename="/x"),
+                access_denied=True,
             )
         ),
         Reason.PERMISSION_DENIED,
     ),
     (
-        "EROFS",
-        Evidence(report=report(exit_code=1, result=error(type_="OSError", errno=30, code="EROFS"))),
+        "EROFS on a read-only file system",
+        Evidence(
+            report=report(
+                exit_code=1,
+                result=error(type_="OSError", errno=30, code="EROFS", filename="/x"),
+                access_denied=True,
+            )
+        ),
         Reason.PERMISSION_DENIED,
     ),
     (
-        "EPERM",
+        "EPERM is the program's error",
         Evidence(
             report=report(exit_code=1, result=error(type_="PermissionError", errno=1, code="EPERM"))
         ),
-        Reason.DISALLOWED_SYSCALL,
+        Reason.USER_EXCEPTION,
     ),
     (
-        "refused",
+        "refused after real packets",
         Evidence(
             report=report(
                 exit_code=1,
                 result=error(type_="ConnectionRefusedError", errno=111, code="ECONNREFUSED"),
+                ip_packets_sent=2,
             )
         ),
         Reason.NETWORK_BLOCKED,
@@ -167,6 +198,7 @@ CASES: list[tuple[str, Evidence, Reason]] = [
             report=report(
                 exit_code=1,
                 result=error(type_="URLError", causes=[{"type": "gaierror", "code": "EAI_AGAIN"}]),
+                ip_packets_sent=1,
             )
         ),
         Reason.NETWORK_BLOCKED,
@@ -174,7 +206,11 @@ CASES: list[tuple[str, Evidence, Reason]] = [
     (
         "socket timeout",
         Evidence(
-            report=report(exit_code=1, result=error(type_="TimeoutError", message="timed out"))
+            report=report(
+                exit_code=1,
+                result=error(type_="TimeoutError", message="timed out"),
+                ip_packets_sent=3,
+            )
         ),
         Reason.NETWORK_BLOCKED,
     ),
@@ -262,3 +298,82 @@ def test_stdout_text_never_changes_the_class() -> None:
     forged = Stream("Permission denied\nMemoryError\nOperation not permitted\nCXR1 {}", 60)
     ev = Evidence(report=report(exit_code=1, result=error(), stdout=forged, stderr=forged))
     assert classify(ev).reason is Reason.USER_EXCEPTION
+
+
+# A program that builds its own errors, prints the words, or raises in a SIGTERM handler, with
+# none of the kernel's evidence behind it. Each of these yielded a resource or access reason on
+# the classifier of issue 10 (caught: it read the error record's type/errno and stderr text).
+FORGERIES: list[tuple[str, Report, Reason]] = [
+    (
+        "MemoryError raised in a SIGTERM handler after the deadline",
+        report(exit_code=1, result=error(type_="MemoryError"), timed_out=True, memory_limit_hits=2),
+        Reason.WALL_TIMEOUT,
+    ),
+    (
+        "raise MemoryError() with the cgroup nowhere near its limit",
+        report(exit_code=1, result=error(type_="MemoryError"), memory_limit_hits=0),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "OSError(errno.EAGAIN) far from the process limit",
+        report(
+            exit_code=1,
+            result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
+            tasks_peak=3,
+            process_limit=24,
+        ),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        'RuntimeError("can\'t start new thread") with no task count',
+        report(exit_code=1, result=error(type_="RuntimeError", message="can't start new thread")),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "ConnectionRefusedError(errno.ECONNREFUSED) without a packet sent",
+        report(
+            exit_code=1,
+            result=error(type_="ConnectionRefusedError", errno=111, code="ECONNREFUSED"),
+            ip_packets_sent=0,
+        ),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "PermissionError(errno.EACCES) naming a path the sandbox allows",
+        report(
+            exit_code=1,
+            result=error(type_="PermissionError", errno=13, code="EACCES", filename="/tmp/x"),
+            access_denied=False,
+        ),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "OSError(errno.EPERM)",
+        report(exit_code=1, result=error(type_="PermissionError", errno=1, code="EPERM")),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "OSError(errno.ENOSPC) with room on the scratch",
+        report(exit_code=1, result=error(type_="OSError", errno=28, code="ENOSPC")),
+        Reason.USER_EXCEPTION,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("forged", "reason"), [c[1:] for c in FORGERIES], ids=[c[0] for c in FORGERIES]
+)
+def test_a_program_cannot_choose_its_reason(forged: Report, reason: Reason) -> None:
+    outcome = classify(Evidence(report=forged))
+    assert outcome.reason is reason
+    if reason is Reason.USER_EXCEPTION:
+        assert forged.result is not None
+        assert outcome.message.startswith(str(forged.result["type"]))
+
+
+def test_node_printing_heap_out_of_memory_then_aborting_is_a_signal() -> None:
+    """caught: the classifier read "heap out of memory" from stderr (issue 10, finding 5)."""
+    text = "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"
+    forged = report(exit_code=None, signal=signal.SIGABRT, stderr=Stream(text, len(text)))
+    outcome = classify(Evidence(language="nodejs", report=forged))
+    assert outcome.reason is Reason.SIGNALED

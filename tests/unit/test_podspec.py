@@ -89,3 +89,18 @@ def test_preload_reaches_the_worker_and_shapes_the_template() -> None:
     assert env(spec(preload=[]))["CODEEXEC_PRELOAD"] == ""
     assert env(spec(preload=["numpy", "json"]))["CODEEXEC_PRELOAD"] == "numpy,json"
     assert podspec.template_hash(spec(preload=[])) != podspec.template_hash(spec())
+
+
+def test_file_size_limit_follows_the_scratch_size() -> None:
+    """RLIMIT_FSIZE for the code is the scratch size: that bounds what it can write to
+    /dev/termination-log, which lives on the node's disk (issue 10, finding 2)."""
+    spec = SandboxPoolSpec.model_validate(
+        {"language": "python", "image": "i", "scratchSizeLimit": "32Mi"}
+    )
+    env = {
+        e["name"]: e["value"]
+        for e in podspec.sandbox_pod("p", spec, "ns")["spec"]["containers"][0]["env"]
+    }
+    assert env["CODEEXEC_MAX_FILE_BYTES"] == str(32 * 1024 * 1024)
+    assert podspec.quantity_bytes("1G") == 10**9 and podspec.quantity_bytes("12") == 12
+    assert podspec.quantity_bytes("lots") is None

@@ -42,3 +42,18 @@ def test_return_value_kept() -> None:
     report = Report(started=True, exit_code=0, result={"kind": "returned", "value": {"a": [1]}})
     res = st.finished(outcome, st.result(outcome, report), created_at=None, generation=1)["result"]
     assert res["returnValue"] == {"a": [1]} and res["status"] == "success"
+
+
+def test_the_status_never_shows_the_runners_nonce() -> None:
+    """Issue 10: status.sandbox.requestId published the nonce that makes a report line the
+    supervisor's (caught: with dump() writing self.request_id this failed)."""
+    from datetime import UTC, datetime
+
+    from codeexec.protocol import new_request_id, public_id
+    from codeexec.status import Sandbox, placement
+
+    nonce = new_request_id()
+    box = Sandbox("python", "p-1", "uid", "node", nonce, datetime.now(UTC))
+    shown = json.dumps(placement(box, None))
+    assert nonce not in shown
+    assert public_id(nonce) in shown

@@ -1,0 +1,174 @@
+"""What the kernel saw of a run, read by the supervisor (stdlib only).
+
+Each reading is something the user's code cannot write: cgroup counters (tasks, memory limit
+hits), the network namespace's IP counters, the scratch file system's free space, and the
+sandbox's actual file permissions. The operator turns a program's own error into a resource or
+access reason only when one of these backs it (docs/runner-protocol.md, "evidence").
+Every reading is optional: a missing file gives None, never an exception.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# Free space below this share of the scratch file system counts as full (tmpfs keeps none back).
+SCRATCH_FULL_FRACTION = 0.01
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(65536)
+    except OSError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _keyed(text: str | None, key: str) -> int | None:
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            return _int(parts[1])
+    return None
+
+
+@dataclass
+class Kernel:
+    """The readings, from a cgroup root (v2, or v1 controllers below it) and a /proc/net."""
+
+    cgroup_root: str
+    proc_net: str = "/proc/self/net"
+
+    def _cg(self, v2_name: str, v1_controller: str, v1_name: str | None = None) -> str | None:
+        v2 = os.path.join(self.cgroup_root, v2_name)
+        if os.path.exists(v2):
+            return _read(v2)
+        return _read(os.path.join(self.cgroup_root, v1_controller, v1_name or v2_name))
+
+    def tasks(self) -> int | None:
+        return _int(self._cg("pids.current", "pids"))
+
+    def tasks_peak(self) -> int | None:
+        return _int(self._cg("pids.peak", "pids"))
+
+    def memory_limit_hits(self) -> int | None:
+        """How often usage hit the limit (v2 memory.events `max`, v1 memory.failcnt)."""
+        v2 = _read(os.path.join(self.cgroup_root, "memory.events"))
+        if v2 is not None:
+            return _keyed(v2, "max")
+        return _int(_read(os.path.join(self.cgroup_root, "memory", "memory.failcnt")))
+
+    def ip_sends(self) -> int | None:
+        """IP packets this network namespace sent or failed to route (v4 and v6)."""
+        total, seen = 0, False
+        lines = (_read(os.path.join(self.proc_net, "snmp")) or "").splitlines()
+        for names, values in itertools.pairwise(lines):
+            if names.startswith("Ip: ") and values.startswith("Ip: ") and not names[4].isdigit():
+                row = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+                for key in ("OutRequests", "OutNoRoutes"):
+                    if _int(row.get(key)) is not None:
+                        total, seen = total + int(row[key]), True
+        v6 = _read(os.path.join(self.proc_net, "snmp6"))
+        for key in ("Ip6OutRequests", "Ip6OutNoRoutes"):
+            value = _keyed(v6, key)
+            if value is not None:
+                total, seen = total + value, True
+        return total if seen else None
+
+
+def scratch_full(path: str) -> bool | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    if st.f_blocks == 0:
+        return None
+    return st.f_bavail <= st.f_blocks * SCRATCH_FULL_FRACTION
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def access_denied(path: str, code: str | None, cwd: str) -> bool:
+    """Whether the sandbox really denies this uid access to `path` the way `code` says.
+
+    The supervisor runs with the worker's uid, groups and mounts, so its own view is the
+    sandbox's: EROFS needs a read-only file system there, EACCES a file (or, for a file that
+    does not exist, a directory) this uid may not fully use.
+    """
+    if not path or code not in ("EACCES", "EROFS"):
+        return False
+    full = os.path.normpath(os.path.join(cwd, path))
+    target = _existing_ancestor(full)
+    if code == "EROFS":
+        try:
+            return bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+        except OSError:
+            return False
+    if target == full:
+        wanted = os.R_OK | os.W_OK | (os.X_OK if os.path.isdir(full) else 0)
+        return not os.access(full, wanted)
+    return not os.access(target, os.W_OK | os.X_OK)
+
+
+@dataclass
+class Watch:
+    """Readings over one run: counters at the start, the running task peak, deltas at the end."""
+
+    kernel: Kernel
+    process_limit: int
+    scratch: str
+    cwd: str
+    tasks_max: int | None = None
+    _start: dict[str, int | None] = field(default_factory=dict)
+
+    def begin(self) -> None:
+        self._start = {
+            "memory": self.kernel.memory_limit_hits(),
+            "ip": self.kernel.ip_sends(),
+        }
+        self.sample()
+
+    def sample(self) -> None:
+        """Called on every poll round of the run: the peak, where the kernel keeps none."""
+        now = self.kernel.tasks()
+        if now is not None and (self.tasks_max is None or now > self.tasks_max):
+            self.tasks_max = now
+
+    def end(self, error: dict[str, Any] | None) -> dict[str, Any]:
+        peak = self.kernel.tasks_peak()
+        if peak is None or (self.tasks_max is not None and self.tasks_max > peak):
+            peak = self.tasks_max
+
+        def delta(key: str, now: int | None) -> int | None:
+            before = self._start.get(key)
+            return None if before is None or now is None else max(now - before, 0)
+
+        denied = None
+        if error is not None and isinstance(error.get("filename"), str):
+            denied = access_denied(error["filename"], error.get("code"), self.cwd)
+        return {
+            "tasksPeak": peak,
+            "processLimit": self.process_limit,
+            "memoryLimitHits": delta("memory", self.kernel.memory_limit_hits()),
+            "ipPacketsSent": delta("ip", self.kernel.ip_sends()),
+            "scratchFull": scratch_full(self.scratch),
+            "accessDenied": denied,
+        }

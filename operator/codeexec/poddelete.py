@@ -1,0 +1,34 @@
+"""The one way the operator deletes a sandbox pod: gracefully, so it is stopped before it is gone.
+
+A DELETE with `gracePeriodSeconds: 0` removes the object from the API server at once, while the
+kubelet stops the container later: for that while the user's code runs in a pod that no longer
+exists (and on some network plugins no NetworkPolicy selects it any more). With a grace period
+the object stays, `Terminating`, until the kubelet has stopped every container and reports it;
+only then does the kubelet itself remove it. A Terminating pod is never warm capacity
+(`pool.counts` skips it) and never resumed (`lifecycle.resume` skips it).
+"""
+
+from __future__ import annotations
+
+from codeexec.kube.client import PODS, Kube
+from codeexec.podspec import TERMINATION_GRACE_SECONDS
+
+# The supervisor is PID 1 and installs no SIGTERM handler, so the kernel drops the runtime's
+# SIGTERM; the SIGKILL that follows the grace period is what stops the container: 1 s is the
+# shortest non-zero grace, and the pod is gone ~1-2 s after the call.
+GRACE_SECONDS = TERMINATION_GRACE_SECONDS
+
+
+async def delete_pod(
+    kube: Kube, namespace: str, name: str, *, resource_version: str | None = None
+) -> None:
+    """Deletes a sandbox pod (a vanished one is fine). With `resource_version`, only if nobody
+    changed it since: a warm pod claimed in the meantime is not deleted (ApiError 409)."""
+    await kube.delete(
+        PODS,
+        name,
+        namespace,
+        grace_period=GRACE_SECONDS,
+        resource_version=resource_version,
+        missing_ok=True,
+    )
