@@ -18,10 +18,11 @@ export PATH := $(CODEEXEC_CACHE)/bin/kubernetes-$(K8S_VERSION):$(CODEEXEC_CACHE)
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Constrained by the image's lock: the tests run the versions the operator image ships.
+$(VENV)/.installed: pyproject.toml images/operator/requirements.lock
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c images/operator/requirements.lock -e '.[dev]'
 	touch $@
 
 .PHONY: venv
@@ -81,6 +82,15 @@ bench-smoke: bench-deps cluster-up images ## short bench, chaos and scale runs (
 .PHONY: demo
 demo: venv ## the chart on a cluster (the local one, or KUBECONFIG's), every example, a results table
 	CLUSTER=$(CLUSTER) bash e2e/demo.sh
+
+.PHONY: lock
+lock: ## re-pin the operator image's dependencies (images/operator/requirements.lock)
+	rm -rf $(CURDIR)/.lockenv && python3 -m venv $(CURDIR)/.lockenv
+	$(CURDIR)/.lockenv/bin/pip install -q '.[operator]'
+	{ sed -n '1,3p' images/operator/requirements.lock; \
+	  $(CURDIR)/.lockenv/bin/pip freeze --exclude codeexec-operator; } > images/operator/requirements.lock.new
+	mv images/operator/requirements.lock.new images/operator/requirements.lock
+	rm -rf $(CURDIR)/.lockenv
 
 .PHONY: docs
 docs: venv ## regenerate docs/api.md from crds/ and copy the CRDs into the chart

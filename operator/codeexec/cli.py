@@ -1,10 +1,13 @@
-"""The `codeexec` command: `operator` runs the controller; more subcommands serve users.
+"""The `codeexec` command (also `kubectl codeexec`): `operator` runs the controller; the
+other subcommands serve users, with kubectl's conventions.
 
-    codeexec run FILE [--arg k=v ...] [--args-json JSON] [--language L] [--timeout S]
-                      [--pool P] [-n NAMESPACE] [--keep] [--quiet]
-    codeexec get NAME [-n NAMESPACE] [-o json|yaml]
-    codeexec list [-n NAMESPACE] [-l SELECTOR]
-    codeexec wait [NAME ...] [-n NAMESPACE] [--timeout S]
+    codeexec run FILE|- [--arg k=v ...] [--args-json JSON] [--language L] [--timeout S]
+                        [--pool P] [--keep] [--quiet] [-o json|yaml|wide|name]
+    codeexec get [NAME ...] [-A] [-l SELECTOR] [-o json|yaml|wide|name]
+    codeexec list [-A] [-l SELECTOR] [-o json|yaml|wide|name]
+    codeexec wait [NAME ...] [--timeout S]
+    codeexec completion bash|zsh|fish
+  every user subcommand takes --kubeconfig PATH, --context NAME and -n NAMESPACE.
 
 Only the `operator` subcommand imports Kopf: the user-facing ones start fast.
 """
@@ -22,6 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from codeexec.printers import LIST_HEADER as LIST_HEADER  # re-exported for scripts and tests
+from codeexec.printers import OUTPUTS, failure_summary, render, render_value
+from codeexec.printers import shorten as shorten
+from codeexec.printers import summary_row as summary_row
+from codeexec.printers import table as table
+
 if TYPE_CHECKING:
     from codeexec.api.models import CodeExecution
     from codeexec.client import Client
@@ -33,6 +42,11 @@ EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
 EXIT_API = 3  # the API server refused or could not be reached
 EXIT_WAIT = 4  # gave up waiting (is the operator running?)
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = (
+    "exit codes: 0 succeeded, 1 the execution ran (or was refused) and failed, 2 usage error, "
+    "3 the API server refused or could not be reached (or the kubeconfig is unusable), "
+    "4 gave up waiting (is the operator running?), 130 interrupted"
+)
 
 LANGUAGE_BY_SUFFIX = {".py": "python", ".js": "nodejs", ".cjs": "nodejs", ".mjs": "nodejs"}
 # Beyond the execution's own timeout: the queue (a pool's queueTimeoutSeconds, 120 s by
@@ -48,7 +62,15 @@ class UsageError(Exception):
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    import kopf
+    try:
+        import kopf
+    except ImportError:
+        print(
+            "codeexec: the operator needs its server dependencies: "
+            "pip install 'codeexec-operator[operator]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     import codeexec.handlers  # noqa: F401  (registers the handlers)
     from codeexec.settings import Settings
@@ -74,6 +96,8 @@ def run_operator(args: argparse.Namespace) -> int:
 def infer_language(path: str, explicit: str | None) -> str:
     if explicit:
         return explicit
+    if path == "-":
+        return "python"  # stdin has no suffix; --language nodejs for JavaScript
     language = LANGUAGE_BY_SUFFIX.get(Path(path).suffix.lower())
     if language is None:
         known = ", ".join(sorted(LANGUAGE_BY_SUFFIX))
@@ -125,62 +149,6 @@ def stage(execution: CodeExecution) -> str:
     if phase == Phase.RUNNING:
         return "running"
     return "done"
-
-
-def failure_summary(execution: CodeExecution) -> str:
-    """One line: why an execution did not succeed."""
-    status = execution.status
-    parts = [status.reason or str(status.phase or "Unknown")]
-    error = status.result.error if status.result else None
-    if error is not None:
-        parts.append(f"{error.type}: {error.message}" if error.message else error.type)
-    elif status.message:
-        parts.append(status.message)
-    return ": ".join(parts)
-
-
-def render_value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def summary_row(execution: CodeExecution) -> list[str]:
-    status = execution.status
-    result = status.result
-    outcome = status.reason or str(status.phase or "Pending")
-    if result is None or status.phase is None or not status.phase.terminal:
-        value = ""
-    elif result.return_value_truncated:
-        value = f"<{result.return_value_bytes} bytes, not stored>"
-    elif status.reason == "Succeeded":
-        value = shorten(render_value(result.return_value), 40)
-    elif result.error is not None:
-        value = shorten(f"{result.error.type}: {result.error.message}", 40)
-    else:
-        value = ""
-    return [
-        execution.name,
-        execution.spec.language,
-        str(status.phase or "Pending"),
-        outcome,
-        value,
-        status.duration or "",
-    ]
-
-
-LIST_HEADER = ["NAME", "LANGUAGE", "PHASE", "REASON", "RESULT", "DURATION"]
 
 
 # --- progress -------------------------------------------------------------------------------
@@ -248,24 +216,37 @@ def report(execution: CodeExecution, out: TextIO, err: TextIO) -> int:
 # --- subcommands ----------------------------------------------------------------------------
 
 
-def _client(namespace: str | None) -> Client:
+def _client(args: argparse.Namespace) -> Client:
     from codeexec.client import Client
 
-    return Client(namespace=namespace)
+    return Client(
+        namespace=args.namespace,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        component="cli",
+    )
+
+
+def _read_code(path: str) -> str:
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {path}: {error}") from error
 
 
 async def run_file(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from codeexec.client import WaitTimeout
+    from codeexec.kube.client import CODE_EXECUTIONS
 
-    path = Path(args.file)
     language = infer_language(args.file, args.language)
     arguments = parse_arguments(args.arg or [], args.args_json)
-    try:
-        code = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {path}: {error}") from error
+    code = await asyncio.to_thread(_read_code, args.file)
+    if not code.strip():
+        raise UsageError(f"{'stdin' if args.file == '-' else args.file} holds no code")
     progress = Progress(err, quiet=args.quiet)
-    async with _client(args.namespace) as cx:
+    async with _client(args) as cx:
         created = await cx.submit(
             code,
             language=language,
@@ -279,6 +260,10 @@ async def run_file(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         wait_limit = (args.timeout or created.spec.timeout_seconds) + WAIT_MARGIN_SECONDS
         try:
             done = await cx.wait(created.name, timeout=wait_limit, on_update=progress)
+            if args.output:
+                body = await cx.kube.get(CODE_EXECUTIONS, created.name, cx.namespace)
+                print(render([body], args.output, single=True), file=out, flush=True)
+                return exit_code(done)
         except WaitTimeout as error:
             print(f"codeexec: {error}; is the operator running?", file=err)
             return EXIT_WAIT
@@ -298,41 +283,58 @@ async def _delete_quietly(cx: Client, name: str) -> None:
         await cx.delete(name)
 
 
-async def get_one(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _details(body: dict[str, Any]) -> str:
+    """What `get NAME` adds under the row of a finished execution: its output and error."""
     from codeexec.api.models import CodeExecution
+
+    execution = CodeExecution.from_body(body)
+    lines: list[str] = []
+    result = execution.status.result
+    if execution.finished:
+        if result is not None and result.stdout:
+            lines.append(f"\nstdout:\n{result.stdout.rstrip()}")
+        if result is not None and result.stderr:
+            lines.append(f"\nstderr:\n{result.stderr.rstrip()}")
+        if exit_code(execution) != EXIT_OK:
+            lines.append(f"\nfailed: {failure_summary(execution)}")
+    return "\n".join(lines)
+
+
+async def get_some(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`get NAME...` shows those; `get` and `list` show all (in the namespace, or with -A
+    in every namespace), as kubectl does."""
     from codeexec.kube.client import CODE_EXECUTIONS
 
-    async with _client(args.namespace) as cx:
-        body = await cx.kube.get(CODE_EXECUTIONS, args.name, cx.namespace)
-    if args.output == "json":
-        print(json.dumps(body, indent=2, ensure_ascii=False), file=out)
+    names = list(getattr(args, "names", None) or [])
+    if names and args.all_namespaces:
+        raise UsageError("a name cannot be combined with -A (names are per namespace)")
+    if names and args.selector:
+        raise UsageError("a name cannot be combined with -l")
+    async with _client(args) as cx:
+        if names:
+            bodies = [await cx.kube.get(CODE_EXECUTIONS, n, cx.namespace) for n in names]
+        else:
+            listing = await cx.kube.list(
+                CODE_EXECUTIONS,
+                None if args.all_namespaces else cx.namespace,
+                label_selector=args.selector,
+            )
+            bodies = sorted(
+                listing.get("items", []),
+                key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"]["name"]),
+            )
+    if not bodies and args.output not in ("json", "yaml"):
+        where = "any namespace" if args.all_namespaces else f"namespace {cx.namespace}"
+        print(f"No CodeExecutions found in {where}.", file=err)
         return EXIT_OK
-    if args.output == "yaml":
-        import yaml
-
-        out.write(yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
-        return EXIT_OK
-    execution = CodeExecution.from_body(body)
-    print(table([LIST_HEADER, summary_row(execution)]), file=out)
-    if execution.finished:
-        result = execution.status.result
-        if result is not None and result.stdout:
-            print(f"\nstdout:\n{result.stdout.rstrip()}", file=out)
-        if result is not None and result.stderr:
-            print(f"\nstderr:\n{result.stderr.rstrip()}", file=out)
-        if exit_code(execution) != EXIT_OK:
-            print(f"\nfailed: {failure_summary(execution)}", file=out)
-    return EXIT_OK
-
-
-async def list_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    async with _client(args.namespace) as cx:
-        executions = await cx.list(label_selector=args.selector)
-    if not executions:
-        print(f"no CodeExecutions in namespace {cx.namespace}", file=err)
-        return EXIT_OK
-    rows = [LIST_HEADER, *(summary_row(e) for e in sorted(executions, key=lambda e: e.name))]
-    print(table(rows), file=out)
+    text = render(
+        bodies, args.output, single=len(names) == 1, all_namespaces=args.all_namespaces
+    )
+    print(text, file=out)
+    if len(names) == 1 and args.output in (None, "wide"):
+        details = _details(bodies[0])
+        if details:
+            print(details, file=out)
     return EXIT_OK
 
 
@@ -341,7 +343,7 @@ async def wait_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     whatever their outcome; `run` is the command whose exit code tells success."""
     from codeexec.client import WaitTimeout
 
-    async with _client(args.namespace) as cx:
+    async with _client(args) as cx:
         names = list(args.names) or [e.name for e in await cx.list()]
         try:
             await asyncio.gather(*(cx.wait(n, timeout=args.timeout) for n in names))
@@ -358,6 +360,7 @@ def _user_command(
 
     def run(args: argparse.Namespace) -> int:
         from codeexec.kube.client import ApiError
+        from codeexec.kube.config import ConfigError
 
         try:
             code: int = asyncio.run(func(args, sys.stdout, sys.stderr))
@@ -367,6 +370,9 @@ def _user_command(
             return EXIT_USAGE
         except ApiError as error:
             print(f"codeexec: the API server said: {error}", file=sys.stderr)
+            return EXIT_API
+        except ConfigError as error:
+            print(f"codeexec: {error}", file=sys.stderr)
             return EXIT_API
         except (OSError, RuntimeError, ValueError) as error:
             # No kubeconfig, unreachable server, broken TLS: say what and stop.
@@ -378,23 +384,36 @@ def _user_command(
     return run
 
 
-def _namespace_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _cluster_options() -> argparse.ArgumentParser:
+    """kubectl's connection options, shared by every user subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig file(s), joined by ':' (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
+    )
+    common.add_argument("--context", help="the kubeconfig context to use (default: current)")
+    common.add_argument(
         "-n",
         "--namespace",
         help="namespace (default: the kubeconfig context's, else default)",
     )
+    return common
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def _output_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("-o", "--output", choices=OUTPUTS, help=what)
+
+
+def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse.ArgumentParser:
     """The whole command line; `command` (the subcommand about to be parsed) lets the
     gateway's arguments be loaded only for `codeexec gateway`."""
     parser = argparse.ArgumentParser(
-        prog="codeexec",
+        prog=prog,
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="exit codes of run: 0 succeeded, 1 the execution failed, 2 usage, "
-        "3 API error, 4 gave up waiting",
+        epilog=EXIT_CODES_HELP,
     )
+    common = _cluster_options()
     sub = parser.add_subparsers(dest="command", required=True)
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument("-v", "--verbose", action="store_true")
@@ -410,13 +429,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run a file in a sandbox and print its output and return value",
-        description="Creates a CodeExecution from FILE, waits for it (progress on stderr), "
-        "prints the program's stdout and stderr, then the return value of main as JSON. "
+        parents=[common],
+        help="run a file (or stdin) in a sandbox and print its output and return value",
+        description="Creates a CodeExecution from FILE ('-' reads the code from stdin), waits "
+        "for it (progress on stderr), prints the program's stdout and stderr, then the return "
+        "value of main as JSON; with -o, the finished CodeExecution instead. "
         "Exits 0 only if it succeeded.",
+        epilog=EXIT_CODES_HELP,
     )
-    run.add_argument("file", metavar="FILE", help="a .py or .js file defining main")
-    run.add_argument("--language", choices=["python", "nodejs"], help="default: from FILE's suffix")
+    run.add_argument("file", metavar="FILE", help="a .py or .js file defining main, or -")
+    run.add_argument(
+        "--language",
+        choices=["python", "nodejs"],
+        help="default: from FILE's suffix (python for stdin)",
+    )
     run.add_argument(
         "--arg",
         action="append",
@@ -427,32 +453,82 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--args-json", metavar="JSON", help="all arguments as one JSON object")
     run.add_argument("--timeout", type=int, metavar="SECONDS", help="spec.timeoutSeconds")
     run.add_argument("--pool", help="the SandboxPool (default: the language's default pool)")
-    _namespace_option(run)
     run.add_argument("--keep", action="store_true", help="keep the CodeExecution afterwards")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _output_option(run, "print the finished CodeExecution in this format instead of its output")
     run.set_defaults(func=_user_command(run_file))
 
-    get = sub.add_parser("get", help="show one CodeExecution")
-    get.add_argument("name", metavar="NAME")
-    _namespace_option(get)
-    get.add_argument("-o", "--output", choices=["json", "yaml"], help="the whole resource")
-    get.set_defaults(func=_user_command(get_one))
+    def listing(name: str, help_text: str, with_names: bool) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, epilog=EXIT_CODES_HELP)
+        if with_names:
+            p.add_argument("names", nargs="*", metavar="NAME", help="default: all")
+        p.add_argument(
+            "-A", "--all-namespaces", action="store_true", help="in every namespace"
+        )
+        p.add_argument("-l", "--selector", help="label selector")
+        _output_option(p, "wide adds pool, pod, node and age; name prints kind/name")
+        p.set_defaults(func=_user_command(get_some))
+        return p
 
-    ls = sub.add_parser("list", help="list CodeExecutions with their outcomes")
-    _namespace_option(ls)
-    ls.add_argument("-l", "--selector", help="label selector")
-    ls.set_defaults(func=_user_command(list_all))
+    listing("get", "show CodeExecutions (all, or the NAMEs given)", with_names=True)
+    listing("list", "list CodeExecutions with their outcomes", with_names=False)
 
-    wait = sub.add_parser("wait", help="wait until CodeExecutions are finished (any outcome)")
+    wait = sub.add_parser(
+        "wait", parents=[common], help="wait until CodeExecutions are finished (any outcome)"
+    )
     wait.add_argument("names", nargs="*", metavar="NAME", help="default: all in the namespace")
-    _namespace_option(wait)
     wait.add_argument("--timeout", type=float, default=600, metavar="SECONDS")
     wait.set_defaults(func=_user_command(wait_all))
+
+    comp = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Add to your shell's start-up file, e.g. for bash: "
+        "source <(codeexec completion bash); zsh: source <(codeexec completion zsh); "
+        "fish: codeexec completion fish | source",
+    )
+    comp.add_argument("shell", choices=["bash", "zsh", "fish"])
+    comp.set_defaults(func=_completion_script)
+    hidden = sub.add_parser("__complete")  # the scripts call it; not in --help
+    hidden.add_argument("words", nargs=argparse.REMAINDER)
+    hidden.set_defaults(func=_complete_words)
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "__complete"]
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def _completion_script(args: argparse.Namespace) -> int:
+    from codeexec import completion
+
+    print(completion.script(args.shell))
+    return EXIT_OK
+
+
+def _complete_words(args: argparse.Namespace) -> int:
+    from codeexec import completion
+
+    for word in completion.candidates(build_parser(), list(args.words)):
+        print(word)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None, prog: str = "codeexec") -> None:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    args = build_parser(command, prog).parse_args(argv)
     sys.exit(args.func(args))
+
+
+def kubectl_main() -> None:
+    """`kubectl-codeexec` on PATH makes this `kubectl codeexec ...` (a kubectl plugin)."""
+    main(prog="kubectl codeexec")
+
+
+def kubectl_complete() -> None:
+    """`kubectl_complete-codeexec`: kubectl (1.26+) asks it to complete `kubectl codeexec`
+    and expects cobra's format: one candidate per line, then a `:directive` line."""
+    from codeexec import completion
+
+    words = completion.candidates(build_parser(), sys.argv[1:])
+    # 0: the shell may add file names (FILE of run); 4: it should not.
+    directive = 0 if not words else 4
+    print("\n".join([*words, f":{directive}"]))

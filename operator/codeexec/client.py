@@ -24,8 +24,20 @@ class WaitTimeout(TimeoutError):
 
 
 class Client:
-    def __init__(self, kube: Kube | None = None, namespace: str | None = None) -> None:
-        self.kube = kube or Kube(config.load())
+    """`kubeconfig` (a path, or several joined by os.pathsep) and `context` choose the cluster
+    as kubectl's --kubeconfig and --context do; by default $KUBECONFIG, in-cluster, then
+    ~/.kube/config."""
+
+    def __init__(
+        self,
+        kube: Kube | None = None,
+        namespace: str | None = None,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        component: str = "client",
+    ) -> None:
+        self.kube = kube or Kube(config.load(kubeconfig, context), component=component)
         self.namespace = namespace or self.kube.conn.namespace or "default"
 
     async def __aenter__(self) -> Client:
@@ -69,9 +81,13 @@ class Client:
     async def get(self, name: str) -> CodeExecution:
         return CodeExecution.from_body(await self.kube.get(CODE_EXECUTIONS, name, self.namespace))
 
-    async def list(self, label_selector: str | None = None) -> list[CodeExecution]:
+    async def list(
+        self, label_selector: str | None = None, *, all_namespaces: bool = False
+    ) -> list[CodeExecution]:
         listing = await self.kube.list(
-            CODE_EXECUTIONS, self.namespace, label_selector=label_selector
+            CODE_EXECUTIONS,
+            None if all_namespaces else self.namespace,
+            label_selector=label_selector,
         )
         return [CodeExecution.from_body(item) for item in listing.get("items", [])]
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import kopf
 
-from codeexec import podspec, web
+from codeexec import metrics, podspec, web
 from codeexec.api.models import GROUP, VERSION
 from codeexec.claim import Broker
 from codeexec.controller import Executions
 from codeexec.kube import config
-from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube
+from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube, new_session
 from codeexec.kube.events import Recorder
 from codeexec.kube.lease import LeaderElector
 from codeexec.lifecycle import Runtime
@@ -44,17 +44,22 @@ STATE = State()
 
 
 @kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
+async def login(**_: Any) -> kopf.AiohttpSession:
+    """Kopf gets a session made like ours: same credentials, proxy and User-Agent. It calls
+    this again when the credential expires or the API server answers 401."""
     conn = config.load()
-    return kopf.ConnectionInfo(
+    authorization = await conn.authorization()
+    session = new_session(
+        conn,
+        limit=0,
+        component="operator",
+        headers={"Authorization": authorization} if authorization else None,
+    )
+    return kopf.AiohttpSession(
         server=conn.server,
-        ca_data=conn.ca_data,
-        insecure=conn.insecure or None,
-        certificate_data=conn.cert_data,
-        private_key_data=conn.key_data,
-        token=conn.bearer(),
-        scheme="Bearer" if conn.bearer() else None,
+        aiohttp_session=session,
         default_namespace=conn.namespace,
+        expiration=conn.credentials.expiry,
     )
 
 
@@ -72,7 +77,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = Settings()
     settings.scanning.disabled = not any(ch in "".join(cfg.namespaces) for ch in "*?[!")
 
-    kube = Kube(config.load())
+    kube = Kube(config.load(), component="operator", observe=metrics.api_request)
     # Serve /healthz from the start: a standby replica waiting for the lease is alive, just
     # not ready.
     ready = asyncio.Event()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from codeexec import __version__
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -50,3 +54,15 @@ POOL_READY = Gauge("codeexec_pool_ready_pods", "Warm pods ready to be claimed", 
 POOL_WARMING = Gauge("codeexec_pool_warming_pods", "Warm pods not yet ready", ["pool"])
 POOL_CLAIMED = Gauge("codeexec_pool_claimed_pods", "Pods currently running an execution", ["pool"])
 IN_FLIGHT = Gauge("codeexec_executions_in_flight", "Executions being processed")
+API_REQUESTS = Counter(
+    "codeexec_api_requests_total",
+    "Requests of the operator's own API client by Kubernetes verb and HTTP status "
+    "('error': no answer); Kopf's watches of our resources are not included",
+    ["verb", "code"],
+)
+BUILD_INFO = Info("codeexec_build", "The running operator's version")
+BUILD_INFO.info({"version": __version__, "python_version": platform.python_version()})
+
+
+def api_request(verb: str, code: str) -> None:
+    API_REQUESTS.labels(verb, code).inc()

@@ -159,7 +159,7 @@ def test_run_defaults_leave_everything_to_the_server() -> None:
 
 def test_get_and_list_parse() -> None:
     get = cli.build_parser().parse_args(["get", "cx-1", "-n", "team", "-o", "yaml"])
-    assert (get.name, get.namespace, get.output) == ("cx-1", "team", "yaml")
+    assert (get.names, get.namespace, get.output) == (["cx-1"], "team", "yaml")
     ls = cli.build_parser().parse_args(["list", "-n", "team"])
     assert ls.namespace == "team"
 

@@ -249,7 +249,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_backend(cfg: GatewayConfig, conn: kubeconfig.Connection | None = None) -> KubeBackend:
     # Every request in flight holds one watch connection; creates and deletes need more.
-    kube = Kube(conn or kubeconfig.load(), pool_size=max(64, 2 * cfg.max_concurrency + 16))
+    kube = Kube(
+        conn or kubeconfig.load(),
+        pool_size=max(64, 2 * cfg.max_concurrency + 16),
+        component="gateway",
+    )
     return KubeBackend(kube, cfg)
 
 

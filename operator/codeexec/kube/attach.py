@@ -113,17 +113,23 @@ async def open_attach(
             url,
             params=params,
             protocols=(PROTOCOL,),
-            headers=kube.headers(),
+            headers=await kube.auth_headers(),
             autoping=True,
             heartbeat=HEARTBEAT_SECONDS,
             max_msg_size=0,
+            **kube.tls,
         )
     except aiohttp.WSServerHandshakeError as err:
+        kube.observe("attach", str(err.status))
+        if err.status == 401:
+            await kube.conn.refresh()  # the next attempt uses the renewed credential
         raise AttachError(
             f"attach to {namespace}/{pod} refused: {err.status} {err.message}", err.status
         ) from err
     except aiohttp.ClientError as err:
+        kube.observe("attach", "error")
         raise AttachError(f"attach to {namespace}/{pod} failed: {err}") from err
+    kube.observe("attach", "101")
     if ws.protocol != PROTOCOL:
         await ws.close()
         raise AttachError(f"API server did not agree to {PROTOCOL} (got {ws.protocol!r})")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
+from codeexec import __version__
 from codeexec.kube.config import Connection
 
 JSON = dict[str, Any]
@@ -48,6 +49,11 @@ class ApiError(Exception):
     def gone(self) -> bool:
         return self.status == 410
 
+_VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+# Items per list page: a list of 5,000 finished executions (each up to ~1 MiB of status)
+# in one answer would hold the API server's and our memory at once.
+LIST_PAGE_SIZE = 500
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -77,30 +83,82 @@ CODE_EXECUTIONS = Resource("codeexec.io", "v1alpha1", "codeexecutions")
 SANDBOX_POOLS = Resource("codeexec.io", "v1alpha1", "sandboxpools", namespaced=False)
 
 
+def user_agent(component: str) -> str:
+    """`codeexec-operator/<version> (<component>)`: audit logs and API Priority and Fairness
+    can tell our requests (and which part of us sent them) from everyone else's."""
+    return f"codeexec-operator/{__version__} ({component})"
+
+
+def new_session(
+    conn: Connection,
+    *,
+    limit: int = 64,
+    component: str = "client",
+    headers: Mapping[str, str] | None = None,
+) -> aiohttp.ClientSession:
+    """The one way a session to the API server is made (ours and the one Kopf is handed)."""
+    connector = aiohttp.TCPConnector(ssl=conn.ssl_context, limit=limit)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, connect=10),
+        headers={"User-Agent": user_agent(component), **(headers or {})},
+        # Without the kubeconfig's proxy-url, HTTPS_PROXY/NO_PROXY decide (as for kubectl).
+        proxy=conn.proxy,
+        trust_env=conn.proxy is None,
+    )
+
+
+# (verb, HTTP status or "error") -> None; the operator counts them, the CLI does not.
+Observer = Callable[[str, str], None]
+
+
 class Kube:
-    def __init__(self, conn: Connection, *, pool_size: int = 64) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        pool_size: int = 64,
+        component: str = "client",
+        observe: Observer | None = None,
+        page_size: int = LIST_PAGE_SIZE,
+    ) -> None:
         self.conn = conn
+        self.component = component
+        self.observe = observe or (lambda verb, code: None)
+        self.page_size = page_size
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.conn.ssl_context, limit=self._pool_size)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+            self._session = new_session(
+                self.conn, limit=self._pool_size, component=self.component
             )
         return self._session
+
+    @property
+    def tls(self) -> dict[str, Any]:
+        """Per-request TLS options (the kubeconfig's tls-server-name)."""
+        name = self.conn.tls_server_name
+        return {"server_hostname": name} if name else {}
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Headers with the credential as it is now (see `auth_headers` for a fresh one)."""
+        return self._with_auth(self.conn.credentials.current(), extra)
+
+    async def auth_headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return self._with_auth(await self.conn.authorization(), extra)
+
+    @staticmethod
+    def _with_auth(value: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        token = self.conn.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        if value:
+            headers["Authorization"] = value
         if extra:
             headers.update(extra)
         return headers
@@ -114,27 +172,42 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        verb: str | None = None,
     ) -> JSON:
+        verb = verb or _VERBS.get(method, method.lower())
         data = None if body is None else json.dumps(body)
-        async with self.session.request(
-            method,
-            self.conn.server + path,
-            params=params,
-            data=data,
-            headers=self.headers({"Content-Type": content_type} if data else None),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            text = await resp.text()
+        for attempt in (1, 2):
+            headers = await self.auth_headers({"Content-Type": content_type} if data else None)
+            try:
+                async with self.session.request(
+                    method,
+                    self.conn.server + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    **self.tls,
+                ) as resp:
+                    self.observe(verb, str(resp.status))
+                    text = await resp.text()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                self.observe(verb, "error")
+                raise
             try:
                 payload: Any = json.loads(text) if text else {}
             except ValueError:
                 payload = {"message": text}
-            if resp.status >= 400:
-                raise ApiError(resp.status, payload)
+            # An expired or revoked credential: renew it once (exec plugins, rotated tokens).
+            if status == 401 and attempt == 1 and await self.conn.refresh():
+                continue
+            if status >= 400:
+                raise ApiError(status, payload)
             return payload if isinstance(payload, dict) else {"items": payload}
+        raise AssertionError("unreachable")
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> JSON:
-        return await self.request("GET", res.path(namespace, name))
+        return await self.request("GET", res.path(namespace, name), verb="get")
 
     async def list(
         self,
@@ -143,13 +216,27 @@ class Kube:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        limit: int | None = None,
     ) -> JSON:
-        params: dict[str, str | int] = {}
+        """All items, fetched in pages of `limit` (`continue` tokens), as one list whose
+        metadata.resourceVersion is the first page's: a watch from it misses nothing."""
+        params: dict[str, str | int] = {"limit": limit or self.page_size}
         if label_selector:
             params["labelSelector"] = label_selector
         if field_selector:
             params["fieldSelector"] = field_selector
-        return await self.request("GET", res.path(namespace), params=params)
+        first = await self.request("GET", res.path(namespace), params=params, verb="list")
+        items = list(first.get("items") or [])
+        token = (first.get("metadata") or {}).get("continue")
+        while token:
+            page = await self.request(
+                "GET", res.path(namespace), params={**params, "continue": token}, verb="list"
+            )
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+        first["items"] = items
+        first.setdefault("metadata", {}).pop("continue", None)
+        return first
 
     async def create(self, res: Resource, body: JSON, namespace: str | None = None) -> JSON:
         return await self.request("POST", res.path(namespace), body=body)
@@ -222,11 +309,15 @@ class Kube:
         async with self.session.get(
             self.conn.server + res.path(namespace),
             params=params,
-            headers=self.headers(),
+            headers=await self.auth_headers(),
             timeout=aiohttp.ClientTimeout(
                 total=timeout_seconds + 30, sock_read=timeout_seconds + 30
             ),
+            **self.tls,
         ) as resp:
+            self.observe("watch", str(resp.status))
+            if resp.status == 401:
+                await self.conn.refresh()  # the caller's next watch uses the new credential
             if resp.status >= 400:
                 raise ApiError(resp.status, await resp.text())
             async for line in resp.content:
