@@ -23,7 +23,7 @@ from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
 from codeexec.settings import selector_matches
-from codeexec.status import condition
+from codeexec.status import condition, merge_conditions
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Pool:
     last_report: float = 0.0
     report_due: float | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # As last written (or found at start): a condition keeps its transition time until it flips.
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,23 @@ class Counts:
     ready: int
     warming: int
     claimed: int
+
+
+def ready_condition(pool: Pool, counts: Counts) -> dict[str, Any]:
+    """Ready means serving: a pool that hands out pods is Ready while it refills (health tools
+    such as Argo CD and kstatus read Ready=False as unhealthy). False only until its first pod
+    is ready, or while it has neither a ready nor a claimed pod and never served."""
+    size = pool.spec.size
+    message = f"{counts.ready}/{size} warm pods ready, {counts.warming} warming"
+    message += f", {counts.claimed} running" if counts.claimed else ""
+    served = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in pool.conditions
+    )
+    if counts.ready >= size:
+        return condition("Ready", True, "Full", message, generation=pool.generation)
+    if counts.ready or counts.claimed or served:
+        return condition("Ready", True, "Refilling", message, generation=pool.generation)
+    return condition("Ready", False, "Warming", message, generation=pool.generation)
 
 
 class PoolManager:
@@ -89,6 +108,7 @@ class PoolManager:
         pool = self.pools.get(name)
         if pool is None:
             pool = self.pools[name] = Pool(name=name, spec=spec)
+            pool.conditions = list((body.get("status") or {}).get("conditions") or [])
         pool.spec = spec
         pool.generation = int(body["metadata"].get("generation") or 0)
         pool.template = podspec.template_hash(spec)
@@ -234,7 +254,6 @@ class PoolManager:
         metrics.POOL_READY.labels(pool.name).set(counts.ready)
         metrics.POOL_WARMING.labels(pool.name).set(counts.warming)
         metrics.POOL_CLAIMED.labels(pool.name).set(counts.claimed)
-        full = counts.ready >= pool.spec.size
         status = {
             "ready": counts.ready,
             "warming": counts.warming,
@@ -249,14 +268,12 @@ class PoolManager:
         if now - pool.last_report < STATUS_INTERVAL_SECONDS:
             pool.report_due = pool.last_report + STATUS_INTERVAL_SECONDS
             return
-        message = f"{counts.ready}/{pool.spec.size} warm pods ready, {counts.warming} warming"
-        body = {
-            **status,
-            "conditions": [condition("Ready", full, "Full" if full else "Warming", message)],
-        }
+        conditions = merge_conditions(pool.conditions, [ready_condition(pool, counts)])
+        body = {**status, "conditions": conditions}
         try:
             await self.kube.patch_status(SANDBOX_POOLS, pool.name, body)
             pool.last_status = status
+            pool.conditions = conditions
             pool.last_report, pool.report_due = now, None
         except ApiError as err:
             if not err.not_found:

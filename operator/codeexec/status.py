@@ -37,14 +37,43 @@ def parse_timestamp(value: str | None) -> datetime | None:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
-    return {
+def condition(
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str = "",
+    *,
+    generation: int | None = None,
+    since: datetime | None = None,
+) -> dict[str, Any]:
+    """One condition as the API conventions describe it. `since` is when the status became
+    what it is (default now): derived from the facts (creation, claim, completion), it stays the
+    same however often the status is rewritten."""
+    cond: dict[str, Any] = {
         "type": type_,
         "status": "True" if status else "False",
         "reason": reason,
         "message": message[:MAX_MESSAGE_CHARS],
-        "lastTransitionTime": timestamp(now()),
+        "lastTransitionTime": timestamp(since or now()),
     }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def merge_conditions(
+    previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`current` on top of `previous`: a condition whose status did not flip keeps its
+    lastTransitionTime; conditions not in `current` stay as they were."""
+    before = {c.get("type"): c for c in previous or []}
+    merged = dict(before)
+    for cond in current:
+        old = before.get(cond["type"])
+        if old is not None and old.get("status") == cond["status"]:
+            cond = {**cond, "lastTransitionTime": old.get("lastTransitionTime")}
+        merged[cond["type"]] = cond
+    return list(merged.values())
 
 
 def pending(reason: str, message: str, generation: int | None) -> dict[str, Any]:
@@ -53,7 +82,7 @@ def pending(reason: str, message: str, generation: int | None) -> dict[str, Any]
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "conditions": [condition("Claimed", False, reason, message)],
+        "conditions": [condition("Claimed", False, reason, message, generation=generation)],
     }
 
 
@@ -112,8 +141,16 @@ def running(sandbox: Sandbox, created_at: datetime, generation: int | None) -> d
         "message": f"running in pod {sandbox.pod}",
         "observedGeneration": generation,
         **placement(sandbox, created_at),
-        "conditions": [condition("Claimed", True, "PodClaimed", f"claimed pod {sandbox.pod}")],
+        "conditions": [claimed(sandbox, generation)],
     }
+
+
+def claimed(sandbox: Sandbox, generation: int | None) -> dict[str, Any]:
+    """True since the claim: rewriting it (Running, then the terminal write) never moves it."""
+    message = f"claimed pod {sandbox.pod}"
+    return condition(
+        "Claimed", True, "PodClaimed", message, generation=generation, since=sandbox.claimed_at
+    )
 
 
 def _error(record: dict[str, Any] | None) -> ErrorInfo | None:
@@ -199,12 +236,15 @@ def finished(
         "duration": f"{duration:.2f}s" if duration is not None else None,
         "result": body,
         "conditions": [
+            *([claimed(sandbox, generation)] if sandbox is not None else []),
             condition(
                 "Complete" if outcome.succeeded else "Failed",
                 True,
                 outcome.reason.value,
                 outcome.message,
-            )
+                generation=generation,
+                since=completed,
+            ),
         ],
     }
 
