@@ -20,14 +20,22 @@ unprivileged process can only lower its rlimits). What it enforces:
     modules, bpf, keys, ...) kills the process with SIGSYS: the runtime's own profile answers
     EPERM, which a program can also raise by itself; the signal it cannot;
   * a system call of a foreign ABI (x32, i386 on x86_64, arm32 on arm64) kills with SIGSYS.
+- Landlock, where the kernel has it: the worker may create, write, truncate or remove files
+  only beneath the writable roots the supervisor names (the scratch /tmp, /dev/shm, /proc) and
+  write only /dev/null, /dev/zero and /dev/full besides. /dev/termination-log is not among
+  them: the user's code gets no writable path to it at all (the supervisor, not landlocked,
+  keeps writing it). Without Landlock (older kernels, gVisor, a runtime profile that refuses
+  it) the rlimit above still bounds that file.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import resource
 import signal
+import stat
 import struct
 
 PR_SET_NO_NEW_PRIVS = 38
@@ -160,6 +168,17 @@ ARCHES = {
 }
 
 
+# Landlock (same numbers on x86_64 and arm64).
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+FS_WRITE_FILE = 1 << 1
+FS_MAKE_AND_REMOVE = sum(1 << bit for bit in range(4, 13))  # REMOVE_DIR .. MAKE_SYM
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+WRITABLE_FILES = ("/dev/null", "/dev/zero", "/dev/full")
+
+
 class ConfineError(Exception):
     """The worker cannot be confined on this machine: it must not start."""
 
@@ -223,6 +242,70 @@ def install_seccomp(program: bytes) -> None:
         raise ConfineError(f"installing the seccomp filter failed: errno {ctypes.get_errno()}")
 
 
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def landlock_abi() -> int | None:
+    """The kernel's Landlock ABI version, or None where it cannot be used."""
+    try:
+        version = _libc().syscall(
+            SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
+        )
+    except (OSError, AttributeError):
+        return None
+    return int(version) if version > 0 else None
+
+
+def install_landlock(writable_roots: list[str]) -> bool:
+    """Write access only beneath `writable_roots` (and to WRITABLE_FILES); False if the kernel
+    has no Landlock. Reading is not restricted: the pod's own permissions decide that."""
+    abi = landlock_abi()
+    if abi is None:
+        return False
+    handled = FS_WRITE_FILE | FS_MAKE_AND_REMOVE
+    handled |= FS_REFER if abi >= 2 else 0
+    handled |= FS_TRUNCATE if abi >= 3 else 0
+    file_rights = FS_WRITE_FILE | (FS_TRUNCATE if abi >= 3 else 0)
+    libc = _libc()
+    attr = struct.pack("Q", handled)  # struct landlock_ruleset_attr, handled_access_fs only
+    ruleset = libc.syscall(
+        SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0)
+    )
+    if ruleset < 0:
+        raise ConfineError(f"landlock_create_ruleset failed: errno {ctypes.get_errno()}")
+    try:
+        for path in dict.fromkeys([*writable_roots, *WRITABLE_FILES]):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # not in this container: nothing to allow
+            try:
+                # A rule on a file may only carry the rights a file has.
+                rights = handled if stat.S_ISDIR(os.fstat(fd).st_mode) else file_rights
+                # struct landlock_path_beneath_attr (packed): __u64 allowed_access; __s32 fd
+                beneath = struct.pack("=Qi", rights, fd)
+                if libc.syscall(
+                    SYS_LANDLOCK_ADD_RULE,
+                    ctypes.c_int(ruleset),
+                    LANDLOCK_RULE_PATH_BENEATH,
+                    beneath,
+                    ctypes.c_uint32(0),
+                ):
+                    raise ConfineError(
+                        f"landlock rule for {path} failed: errno {ctypes.get_errno()}"
+                    )
+            finally:
+                os.close(fd)
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)):
+            raise ConfineError(f"landlock_restrict_self failed: errno {ctypes.get_errno()}")
+    finally:
+        os.close(ruleset)
+    return True
+
+
 def set_limits(max_processes: int, max_file_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
@@ -233,8 +316,9 @@ def set_limits(max_processes: int, max_file_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
 
-def confine(max_processes: int, max_file_bytes: int) -> None:
+def confine(max_processes: int, max_file_bytes: int, writable_roots: list[str]) -> None:
     """Everything above, in the forked child just before exec; raises ConfineError."""
     program = seccomp_program()  # built before the limits: it needs no more memory after
     set_limits(max_processes, max_file_bytes)
-    install_seccomp(program)
+    install_seccomp(program)  # also sets no_new_privs, which Landlock needs as well
+    install_landlock(writable_roots)

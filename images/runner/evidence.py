@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,29 @@ def scratch_full(path: str) -> bool | None:
     return st.f_bavail <= st.f_blocks * SCRATCH_FULL_FRACTION
 
 
+def file_at_limit(paths: list[str], limit: int, budget: int = 10_000) -> bool:
+    """Whether a file beneath `paths` has reached RLIMIT_FSIZE (the kernel lets a write fill a
+    file up to the limit exactly, then refuses: EFBIG, or SIGXFSZ where it is not ignored, as
+    Node.js ignores it). At most `budget` entries are looked at."""
+    stack = list(paths)
+    while stack and budget > 0:
+        path = stack.pop()
+        budget -= 1
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size >= limit:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                names = os.listdir(path)
+            except OSError:
+                continue
+            stack.extend(os.path.join(path, name) for name in names[:budget])
+    return False
+
+
 def _existing_ancestor(path: str) -> str:
     while not os.path.lexists(path):
         parent = os.path.dirname(path)
@@ -106,16 +130,25 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
-def access_denied(path: str, code: str | None, cwd: str) -> bool:
+def _beneath(path: str, roots: list[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def access_denied(
+    path: str, code: str | None, cwd: str, write_roots: list[str] | None = None
+) -> bool:
     """Whether the sandbox really denies this uid access to `path` the way `code` says.
 
     The supervisor runs with the worker's uid, groups and mounts, so its own view is the
     sandbox's: EROFS needs a read-only file system there, EACCES a file (or, for a file that
-    does not exist, a directory) this uid may not fully use.
+    does not exist, a directory) this uid may not fully use, or, when the worker is
+    landlocked, a path outside the roots it may write (`write_roots`).
     """
     if not path or code not in ("EACCES", "EROFS"):
         return False
     full = os.path.normpath(os.path.join(cwd, path))
+    if code == "EACCES" and write_roots is not None and not _beneath(full, write_roots):
+        return True
     target = _existing_ancestor(full)
     if code == "EROFS":
         try:
@@ -136,6 +169,9 @@ class Watch:
     process_limit: int
     scratch: str
     cwd: str
+    write_roots: list[str] | None = None  # where a landlocked worker may write
+    file_limit: int | None = None  # the worker's RLIMIT_FSIZE
+    files: list[str] = field(default_factory=list)  # where its files can be
     tasks_max: int | None = None
     _start: dict[str, int | None] = field(default_factory=dict)
 
@@ -163,12 +199,15 @@ class Watch:
 
         denied = None
         if error is not None and isinstance(error.get("filename"), str):
-            denied = access_denied(error["filename"], error.get("code"), self.cwd)
+            filename, code = error["filename"], error.get("code")
+            denied = access_denied(filename, code, self.cwd, self.write_roots)
         return {
             "tasksPeak": peak,
             "processLimit": self.process_limit,
             "memoryLimitHits": delta("memory", self.kernel.memory_limit_hits()),
             "ipPacketsSent": delta("ip", self.kernel.ip_sends()),
             "scratchFull": scratch_full(self.scratch),
+            "fileAtLimit": self.file_limit is not None
+            and file_at_limit([self.scratch, *self.files], self.file_limit),
             "accessDenied": denied,
         }

@@ -412,6 +412,12 @@ class Config:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     scratch: str = "/tmp"
     proc_net: str = "/proc/self/net"
+    landlock: int | None = None  # the kernel's Landlock ABI, if the worker is landlocked
+
+    @property
+    def write_roots(self) -> list[str]:
+        """Where a landlocked worker may create and write files (confine.py)."""
+        return [self.scratch, "/dev/shm", "/proc", *confine.WRITABLE_FILES]
 
 
 class Supervisor:
@@ -479,7 +485,9 @@ class Supervisor:
                 f.write("1000")
             # Last: rlimits and the seccomp filter (confine.py). A worker that cannot be
             # confined never starts; the report then says why (started: false).
-            confine.confine(self.config.max_processes, self.config.max_file_bytes)
+            confine.confine(
+                self.config.max_processes, self.config.max_file_bytes, self.config.write_roots
+            )
             os.execve(self.config.argv[0], self.config.argv, env)
         except BaseException as exc:
             with contextlib.suppress(BaseException):
@@ -754,6 +762,9 @@ class Supervisor:
             process_limit=self.config.max_processes,
             scratch=self.config.scratch,
             cwd=os.getcwd(),
+            write_roots=self.config.write_roots if self.config.landlock else None,
+            file_limit=self.config.max_file_bytes,
+            files=[os.getcwd(), "/dev/shm", self.config.termination_log],
         )
         self.watch.begin()
         start = _now()
@@ -875,6 +886,7 @@ class Supervisor:
             "version": RUNNER_VERSION,
             "language": self.config.language,
             "warmMs": warm,
+            "landlock": self.config.landlock,
         }
         return rep
 
@@ -1017,8 +1029,9 @@ def parse_args(argv: list[str]) -> Config:
         argv=_worker_argv(args.language, worker, args.interpreter, cg),
         max_processes=max(max_processes, 1),
         max_file_bytes=max(max_file_bytes, 4096),
-        scratch=os.environ.get("CODEEXEC_SCRATCH_DIR", "/tmp"),
+        scratch=os.path.abspath(os.environ.get("CODEEXEC_SCRATCH_DIR", "/tmp")),
         proc_net=os.environ.get("CODEEXEC_PROC_NET", "/proc/self/net"),
+        landlock=confine.landlock_abi(),
         termination_log=os.environ.get("CODEEXEC_TERMINATION_LOG", "/dev/termination-log"),
         cgroup=cg,
         ready_file=os.environ.get("CODEEXEC_READY_FILE") or None,

@@ -252,6 +252,10 @@ def _from_error(error: dict[str, Any], ev: Evidence) -> Outcome:
             return Outcome(Reason.PROCESS_LIMIT, f"process limit reached: {described}")
         if code == "ENOSPC" and r.scratch_full:
             return Outcome(Reason.OUTPUT_LIMIT, f"the scratch space is full: {described}")
+        if code == "EFBIG" and r.file_at_limit:
+            return Outcome(
+                Reason.OUTPUT_LIMIT, f"a file reached the sandbox's size limit: {described}"
+            )
         # The supervisor checked the named path: this uid really may not use it.
         if code in _FILE_ACCESS_CODES and r.access_denied:
             return Outcome(Reason.PERMISSION_DENIED, f"file access denied: {described}")

@@ -92,6 +92,7 @@ class Report:
     memory_limit_hits: int | None = None
     ip_packets_sent: int | None = None
     scratch_full: bool = False
+    file_at_limit: bool = False
     access_denied: bool = False
     compact: bool = False
 
@@ -122,6 +123,7 @@ class Report:
             memory_limit_hits=_int_or_none(seen.get("memoryLimitHits")),
             ip_packets_sent=_int_or_none(seen.get("ipPacketsSent")),
             scratch_full=seen.get("scratchFull") is True,
+            file_at_limit=seen.get("fileAtLimit") is True,
             access_denied=seen.get("accessDenied") is True,
             compact=compact,
         )

@@ -94,6 +94,15 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.OUTPUT_LIMIT,
     ),
     (
+        "EFBIG with a file at the size limit (Node.js ignores SIGXFSZ)",
+        Evidence(
+            report=report(
+                exit_code=1, result=error(type_="Error", code="EFBIG"), file_at_limit=True
+            )
+        ),
+        Reason.OUTPUT_LIMIT,
+    ),
+    (
         "ENOSPC with the scratch full",
         Evidence(
             report=report(
@@ -350,6 +359,11 @@ FORGERIES: list[tuple[str, Report, Reason]] = [
     (
         "OSError(errno.EPERM)",
         report(exit_code=1, result=error(type_="PermissionError", errno=1, code="EPERM")),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "OSError(errno.EFBIG) with no file at the size limit",
+        report(exit_code=1, result=error(type_="OSError", errno=27, code="EFBIG")),
         Reason.USER_EXCEPTION,
     ),
     (
