@@ -93,9 +93,17 @@ lock: ## re-pin the operator image's dependencies (images/operator/requirements.
 	rm -rf $(CURDIR)/.lockenv
 
 .PHONY: docs
-docs: venv ## regenerate docs/api.md from crds/ and copy the CRDs into the chart
+docs: venv ## regenerate docs/api.md from crds/, copy the CRDs into the chart, the chart README's values table
 	$(PY) -m codeexec.apidocs --crds crds --out docs/api.md
 	cp crds/*.yaml charts/codeexec-operator/crds/
+	$(PY) -m codeexec.chartdocs --values charts/codeexec-operator/values.yaml \
+	  --readme charts/codeexec-operator/README.md
+
+.PHONY: crds
+crds: ## apply the CRDs to KUBECONFIG's cluster (Helm never upgrades them: docs/upgrading.md)
+	kubectl apply --server-side --force-conflicts -f crds/
+	kubectl wait --for=condition=Established --timeout=60s \
+	  crd/codeexecutions.codeexec.io crd/sandboxpools.codeexec.io
 
 .PHONY: test
 test: lint unit integration ## everything CI runs

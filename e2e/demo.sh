@@ -15,9 +15,9 @@
 # Environment:
 #   KUBECONFIG         a cluster of your own (its nodes must be able to pull the images; point
 #                      the chart at your registry with DEMO_HELM_ARGS)
-#   DEMO_HELM_ARGS     extra helm arguments, e.g. "--set image.repository=reg.example/operator
-#                      --set pools.python.image=reg.example/python-sandbox:dev
-#                      --set pools.nodejs.image=reg.example/nodejs-sandbox:dev"
+#   DEMO_HELM_ARGS     extra helm arguments, e.g. "--set image.repository=reg.example/operator"
+#                      (the sandbox images follow: reg.example/python-sandbox:<tag>)
+#   IMAGE_TAG          the images' tag (default dev, as images.sh builds them)
 #   DEMO_NAMESPACE     where the examples run (default codeexec-demo)
 set -euo pipefail
 
@@ -66,7 +66,7 @@ if [[ -n "${KUBECONFIG:-}" && "$KUBECONFIG" != "$LOCAL_KUBECONFIG" ]]; then
   "$KUBECTL" get --raw /readyz >/dev/null 2>&1 ||
     die "the cluster of KUBECONFIG=$KUBECONFIG does not answer; unset KUBECONFIG for the local one"
   if [[ "${DEMO_HELM_ARGS:-}" != *image* ]]; then
-    log "note: the chart's default images (codeexec.local/*:dev) exist only where images.sh"
+    log "note: the images (codeexec.local/*:${IMAGE_TAG:-dev}) exist only where images.sh"
     log "imported them; on another cluster push them to a registry and set DEMO_HELM_ARGS"
   fi
 else
@@ -109,6 +109,7 @@ k create namespace "$DEMO_NS" --dry-run=client -o yaml | k apply -f - >/dev/null
   --set "sandbox.namespace.name=$SANDBOX_NS" \
   --set "pools.python.name=$PY_POOL" --set "pools.nodejs.name=$JS_POOL" \
   --set pools.python.size=4 \
+  --set "image.tag=${IMAGE_TAG:-dev}" \
   ${DEMO_HELM_ARGS:-} \
   --wait --timeout 10m >/dev/null
 log "operator: deployment/$RELEASE in $RELEASE_NS is ready"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -40,7 +41,16 @@ SANDBOX_NS = "codeexec-e2e-sandbox"
 INSTANCE = "codeexec-e2e"
 PY_POOL, JS_POOL = "e2e-python", "e2e-nodejs"
 POOL_SIZES = {PY_POOL: 2, JS_POOL: 1}
-OPERATOR_IMAGE = "codeexec.local/operator:dev"
+# The images the local build made (e2e/cluster/images.sh: `dev`, or IMAGE_TAG); the chart's
+# default tag is its appVersion, so the install sets image.tag.
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "dev")
+OPERATOR_IMAGE = f"codeexec.local/operator:{IMAGE_TAG}"
+APP_VERSION = yaml.safe_load((REPO_ROOT / "charts/codeexec-operator/Chart.yaml").read_text())[
+    "appVersion"
+]
+# Our helm is built without a stamped Kubernetes version (it would assume 1.20 offline, below
+# the chart's kubeVersion): render for the test bed's.
+KUBE_VERSION = "1.34.4"
 SA_USER = f"system:serviceaccount:{RELEASE_NS}:{FULLNAME}"
 SA_GROUPS = [
     "system:serviceaccounts",
@@ -79,7 +89,7 @@ def run_helm(
 
 def render(helm_bin: Path, *sets: str, namespace: str = RELEASE_NS) -> list[dict[str, Any]]:
     """`helm template` with `--set` pairs, parsed."""
-    args = ["template", RELEASE, str(CHART), "-n", namespace]
+    args = ["template", RELEASE, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
     for pair in sets:
         args += ["--set", pair]
     out = run_helm(helm_bin, *args).stdout
@@ -120,7 +130,10 @@ def test_chart_lints_strictly(helm_bin: Path) -> None:
     ],
 )
 def test_values_schema_rejects_mistakes(helm_bin: Path, pair: str, complaint: str) -> None:
-    proc = run_helm(helm_bin, "template", RELEASE, str(CHART), "--set", pair, check=False)
+    proc = run_helm(
+        helm_bin, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--set", pair,
+        check=False,
+    )
     assert proc.returncode != 0
     assert complaint in proc.stderr
 
@@ -130,7 +143,8 @@ def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
     deployment = find(docs, "Deployment", f"{RELEASE}-codeexec-operator")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["image"] == OPERATOR_IMAGE
+    # Image tags default to the chart's appVersion, the sandbox images' too.
+    assert container["image"] == f"codeexec.local/operator:{APP_VERSION}"
     assert container["args"] == ["operator"]
     # One replica without a Lease: the old pod must stop before the new one starts.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -158,17 +172,29 @@ def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
         assert pool["metadata"]["labels"]["codeexec.io/instance"] == f"{RELEASE}-codeexec-operator"
         assert pool["spec"]["default"] is True
         assert "enabled" not in pool["spec"] and "runtimeClassName" not in pool["spec"]
+        language = pool["spec"]["language"]
+        assert pool["spec"]["image"] == f"codeexec.local/{language}-sandbox:{APP_VERSION}"
     # The operator makes its own NetworkPolicies; the chart must not fight it over them.
     assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
-    assert not [d for d in docs if d["kind"] in ("Lease", "ServiceMonitor", "RuntimeClass")]
+    assert not [
+        d
+        for d in docs
+        if d["kind"] in ("Lease", "ServiceMonitor", "RuntimeClass", "PodDisruptionBudget")
+    ]
 
 
 def test_replicas_turn_on_leader_election(helm_bin: Path) -> None:
     docs = render(helm_bin, "replicas=2")
     deployment = find(docs, "Deployment", f"{RELEASE}-codeexec-operator")
     assert env_of(deployment)["CODEEXEC_LEADER_ELECTION"] == "true"
-    # A standby is not ready until it leads: a rolling update could never finish.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # A drain takes one replica at a time; a standby (ready while it waits) takes over.
+    pdb = find(docs, "PodDisruptionBudget", f"{RELEASE}-codeexec-operator")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
     # ... and it serves no probes while it waits on the Lease: start-up may last that long.
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert (
@@ -315,6 +341,7 @@ def release(
     wait_for(lambda: gone(cluster, "namespace", SANDBOX_NS), timeout=180, what="old sandbox ns")
     values = {
         "fullnameOverride": FULLNAME,
+        "image": {"tag": IMAGE_TAG},
         "operator": {"instance": INSTANCE, "watchNamespaces": [tenant_ns]},
         "sandbox": {"namespace": {"name": SANDBOX_NS}},
         "gateway": {"enabled": True, "namespace": tenant_ns},
@@ -396,6 +423,16 @@ def test_install_runs_the_operator_from_its_image(release: Release) -> None:
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
     for pool in POOL_SIZES:
         wait_for(partial(pool_ready, release.cluster, pool), timeout=300, what=f"{pool} ready")
+
+
+@pytest.mark.cluster
+def test_helm_test_runs_an_execution(release: Release) -> None:
+    for pool in POOL_SIZES:
+        wait_for(partial(pool_ready, release.cluster, pool), timeout=300, what=f"{pool} ready")
+    proc = run_helm(release.helm, "test", RELEASE, "-n", RELEASE_NS, "--logs", "--timeout", "5m",
+                    cluster=release.cluster)  # fmt: skip
+    assert re.search(r"Phase:\s+Succeeded", proc.stdout), proc.stdout
+    assert "42" in proc.stdout.split("POD LOGS")[-1]
 
 
 @pytest.mark.cluster
@@ -745,7 +782,8 @@ def test_cli_get_and_list_show_a_kept_execution(release: Release, tmp_path: Path
 
 
 def replicas_state(release: Release) -> tuple[str, str] | None:
-    """(leader, standby) once two pods run, the Lease names one of them and only it is ready."""
+    """(leader, standby) once two pods run and are ready (a standby is ready while it waits)
+    and the Lease names one of them."""
     pods = [
         p
         for p in release.cluster.get_json(
@@ -769,7 +807,7 @@ def replicas_state(release: Release) -> tuple[str, str] | None:
     if len(pods) != 2 or holder is None or holder not in ready:
         return None
     standby = next(name for name in ready if name != holder)
-    return (holder, standby) if ready[holder] and not ready[standby] else None
+    return (holder, standby) if ready[holder] and ready[standby] else None
 
 
 @pytest.mark.cluster

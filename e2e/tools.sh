@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the chart tooling (helm) into ~/.cache/codeexec/bin/helm-$HELM_VERSION/, built
+# Installs the chart tooling (helm) and the test bed's tools (tinyproxy) into ~/.cache/codeexec/bin/helm-$HELM_VERSION/, built
 # from the Go module proxy: no Docker, no downloads from GitHub releases. Idempotent: a
 # second run only prints the path. Prints the helm binary's path on stdout (logs on stderr).
 #   bash e2e/tools.sh            -> /root/.cache/codeexec/bin/helm-v3.22.0/helm
@@ -29,5 +29,16 @@ if [[ ! -x "$HELM_DIR/helm" ]]; then
   rm -rf "$HELM_DIR"
   mv "$HELM_DIR.tmp" "$HELM_DIR"
   log "built $("$HELM_DIR/helm" version --short)"
+fi
+# tinyproxy: a real HTTP CONNECT proxy for the kubeconfig proxy-url test
+# (tests/integration/test_kubeconfigs.py), from Debian's archive. The test starts its own
+# instance with its own configuration; the package's service stays off.
+if ! command -v tinyproxy >/dev/null; then
+  log "installing tinyproxy (Debian package)"
+  if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
+    tinyproxy >&2
+  "${SUDO[@]}" systemctl disable --now tinyproxy >/dev/null 2>&1 || true
 fi
 printf '%s\n' "$HELM_DIR/helm"

@@ -78,15 +78,19 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = not any(ch in "".join(cfg.namespaces) for ch in "*?[!")
 
     kube = Kube(config.load(), component="operator", observe=metrics.api_request)
-    # Serve /healthz from the start: a standby replica waiting for the lease is alive, just
-    # not ready.
-    ready = asyncio.Event()
-    STATE.web = await web.start(cfg.metrics_port, ready.is_set)
+    # Serve /healthz and /readyz from the start.
+    ready, standing_by = asyncio.Event(), asyncio.Event()
+    # Ready means doing its part: the leader once synced, a standby while it waits on the
+    # Lease. (A PodDisruptionBudget counts ready replicas: were standbys never ready, a drain
+    # could never evict the leader.)
+    STATE.web = await web.start(cfg.metrics_port, lambda: ready.is_set() or standing_by.is_set())
     leadership: list[asyncio.Task[None]] = []
     STATE.elector = None
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, cfg.identity)
+        standing_by.set()
         await elector.acquire()
+        standing_by.clear()
         STATE.elector = elector
         leadership.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     ns = cfg.sandbox_namespace

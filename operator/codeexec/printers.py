@@ -124,9 +124,7 @@ def render(
     rows = []
     for body in bodies:
         row = (
-            wide_row(body, now)
-            if output == "wide"
-            else summary_row(CodeExecution.from_body(body))
+            wide_row(body, now) if output == "wide" else summary_row(CodeExecution.from_body(body))
         )
         if all_namespaces:
             row = [body["metadata"].get("namespace", ""), *row]

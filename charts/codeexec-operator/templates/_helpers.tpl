@@ -63,7 +63,7 @@ partitioned node, at the cost of a lease round-trip at start-up).
 {{- end }}
 
 {{- define "codeexec.image" -}}
-{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- $tag := include "codeexec.tag" . }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
 {{- else }}
@@ -74,4 +74,35 @@ partitioned node, at the cost of a lease round-trip at start-up).
 {{/* The value of the `codeexec.io/instance` label that ties pools to this installation. */}}
 {{- define "codeexec.instance" -}}
 {{- default (include "codeexec.fullname" .) .Values.operator.instance }}
+{{- end }}
+
+{{/* The images' tag: image.tag, else the chart's appVersion. */}}
+{{- define "codeexec.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/*
+A pool's image: its own `image`, else `<registry>/<language>-sandbox:<tag>` where the registry is
+image.repository's (codeexec.local for codeexec.local/operator) and the tag the operator's.
+Args: (list $ $pool).
+*/}}
+{{- define "codeexec.poolImage" -}}
+{{- $root := index . 0 }}{{- $pool := index . 1 }}
+{{- if $pool.image }}
+{{- $pool.image }}
+{{- else }}
+{{- printf "%s/%s-sandbox:%s" (dir $root.Values.image.repository) $pool.language (include "codeexec.tag" $root) }}
+{{- end }}
+{{- end }}
+
+{{/* Where `helm test` runs its execution: tests.namespace, else the first watched namespace,
+else the release namespace. */}}
+{{- define "codeexec.testNamespace" -}}
+{{- if .Values.tests.namespace }}
+{{- .Values.tests.namespace }}
+{{- else if .Values.operator.watchNamespaces }}
+{{- first .Values.operator.watchNamespaces }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
 {{- end }}
