@@ -206,7 +206,8 @@ class Watch:
             "processLimit": self.process_limit,
             "memoryLimitHits": delta("memory", self.kernel.memory_limit_hits()),
             "ipPacketsSent": delta("ip", self.kernel.ip_sends()),
-            "scratchFull": scratch_full(self.scratch),
+            # /dev/shm is the runtime's other memory-backed file system in the pod.
+            "scratchFull": any(scratch_full(path) for path in (self.scratch, "/dev/shm")),
             "fileAtLimit": self.file_limit is not None
             and file_at_limit([self.scratch, *self.files], self.file_limit),
             "accessDenied": denied,
