@@ -4,6 +4,7 @@ Called in the forked child, so everything here is inherited by the worker and by
 the user's code starts; nothing can lift it (seccomp filters stack and never come off, and an
 unprivileged process can only lower its rlimits). What it enforces:
 
+- RLIMIT_CORE 1: no core dump, not even to a core_pattern pipe handler on the node.
 - RLIMIT_FSIZE: no file the sandbox writes grows past the scratch size. This is what bounds
   writes that escape the pod's storage accounting, the kubelet-created /dev/termination-log
   (mode 0666, on the node's disk) first of all. Past the limit the kernel sends SIGXFSZ.
@@ -307,7 +308,10 @@ def install_landlock(writable_roots: list[str]) -> bool:
 
 
 def set_limits(max_processes: int, max_file_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # 1, not 0: a core_pattern that pipes to a handler on the node ignores RLIMIT_CORE 0 (the
+    # handler writes to the node's disk); the kernel refuses piped dumps at exactly 1, and a
+    # file dump smaller than a page is never written either.
+    resource.setrlimit(resource.RLIMIT_CORE, (1, 1))
     _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
     nproc = max_processes if hard == resource.RLIM_INFINITY else min(max_processes, hard)
     resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))

@@ -150,6 +150,13 @@ def test_privileged_calls_end_in_the_kernels_sigsys(run):
         assert reason_of(r) is Reason.DISALLOWED_SYSCALL
 
 
+def test_core_dumps_never_reach_a_handler_on_the_node(run):
+    """RLIMIT_CORE 0 does not stop a piped core_pattern (apport, systemd-coredump write to the
+    node's disk); the kernel refuses piped dumps at exactly 1 (caught: main set 0)."""
+    code = "import resource\ndef main():\n    return resource.getrlimit(resource.RLIMIT_CORE)\n"
+    assert run("python", code).value == [1, 1]
+
+
 def test_io_uring_is_not_available(run):
     """io_uring operations bypass seccomp (an IORING_OP_FALLOCATE would); caught: without the
     rule io_uring_setup returned a ring."""
