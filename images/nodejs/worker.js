@@ -27,7 +27,9 @@ const inspect = util.inspect;
 
 const USER_FILE = 'main.js';
 const MAX_RECORD_BYTES = 60 * 1024;
-const MAX_DEPTH = 500;
+// The operator keeps a return value at most this deep (jsonbounds.MAX_RETURN_VALUE_DEPTH) and
+// sends its limit as maxResultDepth; a deeper value is reported as omitted, not as an error.
+const DEFAULT_MAX_DEPTH = 64;
 
 // Reopening fd 3 gives a close-on-exec descriptor: the user's child processes do not inherit
 // it, and fd 3 itself is free again, so no file of the user's can end up writing into our pipe.
@@ -216,7 +218,7 @@ class Unserializable extends Error {
   }
 }
 
-function checkJson(value) {
+function checkJson(value, maxDepth) {
   const ancestors = [];
   const keys = []; // the path to the value being checked; spelled out only for the message
   const where = () => '$' + keys.map((k) => `[${typeof k === 'number' ? k : stringify(k)}]`).join('');
@@ -252,7 +254,7 @@ function checkJson(value) {
       throw new Unserializable(v.constructor.name, where());
     }
     if (ancestors.includes(v)) throw new Unserializable('cycle', where());
-    if (ancestors.length >= MAX_DEPTH) throw new Unserializable('NestingTooDeep', where());
+    if (ancestors.length >= maxDepth) throw new Unserializable('NestingTooDeep', where());
     ancestors.push(v);
     if (Array.isArray(v)) {
       for (let i = 0; i < v.length; i++) {
@@ -274,24 +276,39 @@ function checkJson(value) {
 
 function article(kind) {
   if (kind === 'cycle') return 'a reference cycle';
-  if (kind === 'NestingTooDeep') return `nested deeper than ${MAX_DEPTH} levels`;
   if (kind === 'NaN' || kind === 'Infinity' || kind === '-Infinity') return kind;
   return /^[aeiou]/i.test(kind) ? `an ${kind}` : `a ${kind}`;
 }
 
-function serialize(value, maxBytes) {
+// Deepest nesting of a JSON text, counted outside strings ({} is 1).
+function textDepth(text) {
+  const brackets = text.replace(/"(?:[^"\\]|\\.)*"/g, '').replace(/[^[\]{}]+/g, '');
+  let level = 0;
+  let deepest = 0;
+  for (const c of brackets) {
+    level += c === '[' || c === '{' ? 1 : -1;
+    if (level > deepest) deepest = level;
+  }
+  return deepest;
+}
+
+// A value main returned that is not sent back: the run still succeeded.
+function omitted(why, size) {
+  return { omitted: stringify({ kind: 'returned', value: null, omitted: why, bytes: size }) };
+}
+
+function serialize(value, maxBytes, maxDepth) {
   try {
-    checkJson(value);
+    checkJson(value, maxDepth);
     const text = value === undefined ? 'null' : stringify(value);
     const size = byteLength(text, 'utf8');
-    if (size > maxBytes) {
-      return { problem: { kind: 'error', phase: 'serialize', type: 'ResultTooLarge',
-        message: `the return value is ${size} bytes of JSON, over the ${maxBytes}-byte limit`,
-        traceback: null, causes: [] } };
-    }
+    if (size > maxBytes) return omitted('TooLarge', size);
+    // toJSON may have built something deeper than what was checked.
+    if (text.length > 2 * maxDepth && textDepth(text) > maxDepth) return omitted('TooDeep', size);
     return { text };
   } catch (err) {
     if (err instanceof Unserializable) {
+      if (err.kind === 'NestingTooDeep') return omitted('TooDeep', null);
       return { problem: { kind: 'error', phase: 'serialize', type: err.kind,
         message: `the return value at ${err.where} is ${article(err.kind)}, ` +
           'which JSON cannot represent',
@@ -375,6 +392,8 @@ function run(request) {
   const args = request.arguments !== null && typeof request.arguments === 'object'
     ? request.arguments : {};
   const maxResult = Number.isInteger(request.maxResultBytes) ? request.maxResultBytes : 1 << 20;
+  const maxDepth = Number.isInteger(request.maxResultDepth) && request.maxResultDepth > 0
+    ? request.maxResultDepth : DEFAULT_MAX_DEPTH;
   const filename = path.join(process.cwd(), USER_FILE);
 
   const compileProblem = syntaxCheck(code, filename);
@@ -419,7 +438,8 @@ function run(request) {
 
   const done = (value) => {
     pending = false;
-    const { text, problem } = serialize(value, maxResult);
+    const { text, problem, omitted: left } = serialize(value, maxResult, maxDepth);
+    if (left) return finish(left, 0); // main returned; the value is only not sent back
     if (problem) return finish(problem, 1);
     return finish(`{"kind":"returned","value":${text}}`, 0);
   };

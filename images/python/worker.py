@@ -17,6 +17,7 @@ import inspect
 import json
 import linecache
 import os
+import re
 import resource
 import signal
 import socket
@@ -29,7 +30,11 @@ USER_FILENAME = "main.py"
 # As the seed's runner did (`from main import main`): a `__main__` guard in the code stays off.
 USER_MODULE = "main"
 MAX_RECORD_BYTES = 60 * 1024
-MAX_DEPTH = 500  # where the walker stops; Python's JSON encoder gives up near 1000 levels
+# The operator keeps a return value at most this deep (jsonbounds.MAX_RETURN_VALUE_DEPTH) and
+# sends its limit as maxResultDepth; a deeper value is reported as omitted, not as an error.
+DEFAULT_MAX_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 
 _write = os.write
 _exit = os._exit
@@ -248,8 +253,9 @@ def _describe(value: Any) -> str | None:
     return type(value).__name__
 
 
-def find_unserializable(value: Any) -> tuple[str, str] | None:
-    """(type name, path) of the first thing json.dumps(allow_nan=False) rejects, or None."""
+def find_unserializable(value: Any, max_depth: int) -> tuple[str, str] | None:
+    """(type name, path) of the first thing json.dumps(allow_nan=False) rejects, or None;
+    ("NestingTooDeep", path) for a container below `max_depth` levels."""
     # Iterative, with the ancestors on the path: a shared (non-cyclic) reference is fine.
     stack: list[tuple[Any, str, int, bool]] = [(value, "$", 0, False)]
     ancestors: list[int] = []
@@ -265,7 +271,7 @@ def find_unserializable(value: Any) -> tuple[str, str] | None:
             continue
         if id(item) in ancestors:
             return "cycle", path
-        if depth >= MAX_DEPTH:
+        if depth >= max_depth:
             return "NestingTooDeep", path
         ancestors.append(id(item))
         stack.append((item, path, depth, True))
@@ -286,14 +292,33 @@ def find_unserializable(value: Any) -> tuple[str, str] | None:
     return None
 
 
-def serialize(value: Any, max_bytes: int) -> tuple[str | None, dict[str, Any] | None]:
-    """(JSON text, None) or (None, serialize-phase error record)."""
+def text_depth(text: str) -> int:
+    """Deepest nesting of a JSON text, counted outside strings ({} is 1)."""
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    deepest = level = 0
+    for char in brackets:
+        level += 1 if char in "[{" else -1
+        deepest = max(deepest, level)
+    return deepest
+
+
+def omitted(why: str, size: int | None) -> bytes:
+    """The record for a value main returned that is not sent back: the run still succeeded."""
+    record = {"kind": "returned", "value": None, "omitted": why, "bytes": size}
+    return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def serialize(
+    value: Any, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH
+) -> tuple[str | None, dict[str, Any] | bytes | None]:
+    """(compact JSON text, None), or (None, an omitted-value record (bytes) or a
+    serialize-phase error record)."""
     try:
-        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     except Exception as exc:  # also RecursionError; a broken user __iter__/__eq__ lands here too
         # Only now walk the value: the encoder's own message does not say where the problem is.
         try:
-            found = find_unserializable(value)
+            found = find_unserializable(value, max_depth)
         except Exception:
             found = None
         if found is None:
@@ -301,14 +326,15 @@ def serialize(value: Any, max_bytes: int) -> tuple[str | None, dict[str, Any] | 
             record["traceback"] = None
             return None, record
         kind, where = found
+        if kind == "NestingTooDeep":
+            return None, omitted("TooDeep", None)
         return None, _serialize_error(
             kind, f"the return value at {where} is {_article(kind)}, which JSON cannot represent"
         )
     if len(text) > max_bytes:
-        return None, _serialize_error(
-            "ResultTooLarge",
-            f"the return value is {len(text)} bytes of JSON, over the {max_bytes}-byte limit",
-        )
+        return None, omitted("TooLarge", len(text))
+    if len(text) > 2 * max_depth and text_depth(text) > max_depth:
+        return None, omitted("TooDeep", len(text))
     return text, None
 
 
@@ -326,8 +352,6 @@ def _serialize_error(kind: str, message: str) -> dict[str, Any]:
 def _article(kind: str) -> str:
     if kind == "cycle":
         return "a reference cycle"
-    if kind == "NestingTooDeep":
-        return f"nested deeper than {MAX_DEPTH} levels"
     if kind in ("NaN", "Infinity", "-Infinity"):
         return kind
     return f"an {kind}" if kind[:1].lower() in "aeiou" else f"a {kind}"
@@ -389,6 +413,7 @@ def run_request(request: dict[str, Any]) -> NoReturn:
     code = request.get("code", "")
     arguments = request.get("arguments") or {}
     max_result = int(request.get("maxResultBytes") or 1024 * 1024)
+    max_depth = int(request.get("maxResultDepth") or DEFAULT_MAX_DEPTH)
 
     try:
         compiled = compile(code, USER_FILENAME, "exec", dont_inherit=True)
@@ -449,7 +474,9 @@ def run_request(request: dict[str, Any]) -> NoReturn:
             record = _MEMORY_ERROR_RECORD
         _finish(record, 1)
 
-    text, problem = serialize(value, max_result)
+    text, problem = serialize(value, max_result, max_depth)
+    if isinstance(problem, bytes):
+        _finish(problem, 0)  # main returned; the value is only not sent back
     if problem is not None:
         _finish(problem, 1)
     assert text is not None

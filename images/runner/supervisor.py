@@ -49,6 +49,9 @@ LANGUAGES = {"python": ("python", "worker.py"), "nodejs": ("nodejs", "worker.js"
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+# Deepest return value passed on (the operator sends its own limit as maxResultDepth).
+DEFAULT_MAX_RESULT_DEPTH = 64
+OMITTED_REASONS = frozenset({"TooLarge", "TooDeep"})
 # Room for the record's envelope and an error record's message/traceback/causes.
 RESULT_SLACK_BYTES = 64 * 1024
 DEFAULT_MAX_PROCESSES = 256
@@ -265,6 +268,7 @@ class Request:
     max_output_bytes: int
     keep_bytes: int
     max_result_bytes: int
+    max_result_depth: int = DEFAULT_MAX_RESULT_DEPTH
 
 
 def _positive_int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -305,6 +309,7 @@ def parse_request(line: bytes, language: str) -> tuple[Request | None, str | Non
             max_output_bytes=_positive_int(obj, "maxOutputBytes"),
             keep_bytes=_positive_int(obj, "keepBytes"),
             max_result_bytes=_positive_int(obj, "maxResultBytes", DEFAULT_MAX_RESULT_BYTES),
+            max_result_depth=_positive_int(obj, "maxResultDepth", DEFAULT_MAX_RESULT_DEPTH),
         )
     except ProtocolError as exc:
         return None, rid, str(exc)
@@ -361,8 +366,36 @@ def _sanitize_error(rec: dict[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def value_depth(value: Any) -> int:
+    """Nesting of a decoded value ({} is 1); iterative."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _returned(rec: dict[str, Any], max_depth: int) -> dict[str, Any]:
+    """A "returned" record as passed on: the value, or why it is left out and its size."""
+    size = _small_int(rec.get("bytes"))
+    if rec.get("omitted") in OMITTED_REASONS:
+        return {"kind": "returned", "value": None, "omitted": rec["omitted"], "bytes": size}
+    value = rec.get("value")
+    if value_depth(value) > max_depth:  # the worker checks too; this holds whatever it wrote
+        return {"kind": "returned", "value": None, "omitted": "TooDeep", "bytes": None}
+    return {"kind": "returned", "value": value}
+
+
 def interpret_result(
-    data: bytes, overflowed: bool, exit_code: int | None
+    data: bytes,
+    overflowed: bool,
+    exit_code: int | None,
+    max_depth: int = DEFAULT_MAX_RESULT_DEPTH,
 ) -> tuple[dict[str, Any] | None, bool]:
     """Parses fd 3 (ready line, then at most one record) and cross-checks it with the exit.
 
@@ -383,7 +416,7 @@ def interpret_result(
     if rec is None:
         return None, ready
     if rec.get("kind") == "returned" and "value" in rec and exit_code == 0:
-        return {"kind": "returned", "value": rec["value"]}, ready
+        return _returned(rec, max_depth), ready
     if rec.get("kind") == "error" and exit_code == 1:
         return _sanitize_error(rec), ready
     return None, ready
@@ -746,6 +779,7 @@ class Supervisor:
             "arguments": request.arguments,
             "language": self.config.language,
             "maxResultBytes": request.max_result_bytes,
+            "maxResultDepth": request.max_result_depth,
         }
         self.req_buf = json.dumps(worker_request, ensure_ascii=True).encode() + b"\n"
         # The pod's own record that the code was handed over, written before it can run.
@@ -808,7 +842,9 @@ class Supervisor:
         if self.out.total + self.err.total > request.max_output_bytes:
             output_limited = True
         code, sig = _decode_status(self.status)
-        result, _ = interpret_result(bytes(self.res_buf), self.res_overflow, code)
+        result, _ = interpret_result(
+            bytes(self.res_buf), self.res_overflow, code, request.max_result_depth
+        )
         error = result if result is not None and result.get("kind") == "error" else None
         seen = self.watch.end(error)
         self.watch = None
@@ -948,8 +984,15 @@ def compact(report: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
     rep = json.loads(line[5:])  # a deep copy we may cut
     result = rep.get("result")
     returned = isinstance(result, dict) and result.get("kind") == "returned"
-    if returned and len(dumps(result.get("value"))) > limit // 4:
-        rep["result"] = result = {"kind": "returned", "value": None, "valueOmitted": True}
+    size = len(dumps(result.get("value"))) if returned else 0
+    if returned and size > limit // 4:
+        # Flagged with its size: the operator must not read this as `return None`.
+        rep["result"] = result = {
+            "kind": "returned",
+            "value": None,
+            "omitted": "NotReported",
+            "bytes": size,
+        }
     for budget in (2048, 1024, 512, 256, 128, 64, 0):
         for name in ("stdout", "stderr"):
             stream = rep.get(name)

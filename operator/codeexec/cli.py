@@ -72,7 +72,7 @@ def run_operator(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
 
-    import codeexec.handlers  # noqa: F401  (registers the handlers)
+    from codeexec import handlers  # registers the handlers
     from codeexec.settings import Settings
 
     logging.basicConfig(
@@ -85,9 +85,11 @@ def run_operator(args: argparse.Namespace) -> int:
             standalone=True,
             clusterwide=not cfg.namespaces,
             namespaces=list(cfg.namespaces),
+            stop_flag=handlers.STOP,
         )
     )
-    return 0
+    # Stopped by the watchdog: a non-zero exit, so that whoever runs us starts a fresh process.
+    return handlers.EXIT_WATCHDOG if handlers.died() else 0
 
 
 # --- pure helpers (unit-tested) -------------------------------------------------------------
@@ -327,9 +329,7 @@ async def get_some(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         where = "any namespace" if args.all_namespaces else f"namespace {cx.namespace}"
         print(f"No CodeExecutions found in {where}.", file=err)
         return EXIT_OK
-    text = render(
-        bodies, args.output, single=len(names) == 1, all_namespaces=args.all_namespaces
-    )
+    text = render(bodies, args.output, single=len(names) == 1, all_namespaces=args.all_namespaces)
     print(text, file=out)
     if len(names) == 1 and args.output in (None, "wide"):
         details = _details(bodies[0])
@@ -462,9 +462,7 @@ def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse
         p = sub.add_parser(name, parents=[common], help=help_text, epilog=EXIT_CODES_HELP)
         if with_names:
             p.add_argument("names", nargs="*", metavar="NAME", help="default: all")
-        p.add_argument(
-            "-A", "--all-namespaces", action="store_true", help="in every namespace"
-        )
+        p.add_argument("-A", "--all-namespaces", action="store_true", help="in every namespace")
         p.add_argument("-l", "--selector", help="label selector")
         _output_option(p, "wide adds pool, pod, node and age; name prints kind/name")
         p.set_defaults(func=_user_command(get_some))

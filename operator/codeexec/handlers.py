@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from typing import Any
 
 import kopf
 
-from codeexec import metrics, podspec, web
+from codeexec import metrics, podspec, watchdog, web
 from codeexec.api.models import GROUP, VERSION
 from codeexec.claim import Broker
 from codeexec.controller import Executions
-from codeexec.kube import config
+from codeexec.kube import config, kopfjson
 from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube, new_session
 from codeexec.kube.events import Recorder
 from codeexec.kube.lease import LeaderElector
@@ -38,9 +40,28 @@ class State:
     elector: LeaderElector | None
     tasks: list[asyncio.Task[None]]
     web: Any
+    watchdog: watchdog.Watchdog | None = None
+    watchdog_task: asyncio.Task[None] | None = None
 
 
 STATE = State()
+# Set to stop Kopf (passed to kopf.operator as its stop flag) once the watchdog saw a death.
+STOP = asyncio.Event()
+# A stop that does not finish by then (a wedged loop) ends the process anyway.
+HARD_EXIT_SECONDS = 30.0
+EXIT_WATCHDOG = 3
+
+
+def _stop(why: str) -> None:
+    STOP.set()
+    timer = threading.Timer(HARD_EXIT_SECONDS, os._exit, (EXIT_WATCHDOG,))
+    timer.daemon = True
+    timer.start()
+
+
+def died() -> str | None:
+    """Why the watchdog stopped this process, if it did (the CLI turns it into an exit code)."""
+    return STATE.watchdog.death if STATE.watchdog is not None else None
 
 
 @kopf.on.login()
@@ -77,13 +98,22 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cfg = Settings()
     settings.scanning.disabled = not any(ch in "".join(cfg.namespaces) for ch in "*?[!")
 
+    # Before Kopf's first list: a deeply nested object must not kill its watchers.
+    kopfjson.install()
     kube = Kube(config.load(), component="operator", observe=metrics.api_request)
+    STATE.tasks = []
+    dog = watchdog.Watchdog(lambda: STATE.tasks, _stop)
+    STATE.watchdog = dog
     # Serve /healthz and /readyz from the start.
     ready, standing_by = asyncio.Event(), asyncio.Event()
     # Ready means doing its part: the leader once synced, a standby while it waits on the
     # Lease. (A PodDisruptionBudget counts ready replicas: were standbys never ready, a drain
-    # could never evict the leader.)
-    STATE.web = await web.start(cfg.metrics_port, lambda: ready.is_set() or standing_by.is_set())
+    # could never evict the leader.) A dead watcher or loop makes it neither live nor ready.
+    STATE.web = await web.start(
+        cfg.metrics_port,
+        lambda: (ready.is_set() or standing_by.is_set()) and dog.alive,
+        lambda: dog.alive,
+    )
     leadership: list[asyncio.Task[None]] = []
     STATE.elector = None
     if cfg.leader_election:
@@ -112,6 +142,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         asyncio.create_task(STATE.executions.janitor.run(), name="ttl-janitor"),
         asyncio.create_task(STATE.executions.sweep(), name="claimed-pod-sweep"),
     ]
+    # Not in STATE.tasks: it watches them.
+    STATE.watchdog_task = asyncio.create_task(dog.run(), name="watchdog")
     await pools.initial_sync()
     await asyncio.wait_for(cache.synced.wait(), timeout=60)
     await pools.collect_orphans()
@@ -131,6 +163,8 @@ async def ensure_network_policies(kube: Kube, namespace: str) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    if STATE.watchdog_task is not None:
+        STATE.watchdog_task.cancel()
     await STATE.executions.stop()
     await STATE.rt.pools.stop()
     for task in STATE.tasks:
@@ -158,7 +192,9 @@ async def execution_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    # Kopf's Body is a live view; the road keeps the snapshot it was started with.
+    # Kopf's Body is a live view; the road keeps the snapshot it was started with. Bodies are
+    # decoded at most jsonbounds.MAX_DECODE_DEPTH deep (kopfjson), so the copy cannot recurse
+    # past the interpreter's limit.
     import copy
 
     return copy.deepcopy(dict(body))

@@ -24,13 +24,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from codeexec import failpoints, metrics, podspec
+from codeexec import failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
 from codeexec.deliver import NeverSent, deliver
-from codeexec.kube.client import CODE_EXECUTIONS, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
 from codeexec.kube.events import Recorder
 from codeexec.outcomes import Evidence, Outcome, Reason, classify
 from codeexec.podcache import PodCache
@@ -134,6 +134,9 @@ def parse(body: dict[str, Any], seen_at: float | None = None) -> Execution:
         spec = CodeExecutionSpec.model_validate(body.get("spec") or {})
     except ValidationError as err:
         raise Invalid(f"invalid spec: {err.errors()[0].get('msg')}") from err
+    problem = jsonbounds.arguments_problem(spec.arguments)
+    if problem is not None:
+        raise Invalid(problem)
     code = decode_code(spec)
     if len(code.encode()) > MAX_CODE_BYTES:
         raise Invalid(f"code is over the {MAX_CODE_BYTES}-byte limit")
@@ -147,6 +150,33 @@ class Road:
     async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:
         started = time.monotonic()
         await self.rt.kube.patch_status(CODE_EXECUTIONS, ex.name, body, ex.namespace)
+        ex.status = {**ex.status, **body}  # what the terminal status builds on
+        metrics.STEP.labels("status_write").observe(time.monotonic() - started)
+
+    async def write_terminal(
+        self, name: str, namespace: str, known: dict[str, Any], body: dict[str, Any]
+    ) -> None:
+        """The terminal status, replacing the whole status in one JSON Patch (so nulls in the
+        result survive); `known` is the status as last seen, for members the end does not set.
+
+        A status the API server refuses (too large, a value it cannot hold) must still end the
+        execution: it is written again without the result's bulky parts, then with phase and
+        reason only, each saying why. Never a wedge that leaves the pod and the road running.
+        """
+        started = time.monotonic()
+        status = {**known, **body}
+        for smaller in (st.reduced, st.minimal, None):
+            try:
+                await self.rt.kube.replace_status(CODE_EXECUTIONS, name, status, namespace)
+                break
+            except ApiError as err:
+                if smaller is None or not refused(err):
+                    raise
+                log.warning(
+                    "%s/%s: terminal status refused (%s); writing less", namespace, name, err
+                )
+                # Only the code and reason: the API server's message may quote the values.
+                status = smaller({**known, **body}, f"refused by the API server: {err.status}")
         metrics.STEP.labels("status_write").observe(time.monotonic() - started)
 
     async def run(self, body: dict[str, Any], seen_at: float | None = None) -> None:
@@ -175,7 +205,8 @@ class Road:
         meta = body["metadata"]
         created = st.parse_timestamp(meta.get("creationTimestamp"))
         patch = st.failed_before_start(reason, message, meta.get("generation"), created)
-        await self.rt.kube.patch_status(CODE_EXECUTIONS, meta["name"], patch, meta["namespace"])
+        known = body.get("status") or {}
+        await self.write_terminal(meta["name"], meta["namespace"], known, patch)
         self.rt.events.record(body, reason.value, message, warning=True)
         metrics.EXECUTIONS.labels(body.get("spec", {}).get("language", ""), reason.value).inc()
 
@@ -457,7 +488,7 @@ class Road:
         body = st.finished(
             outcome, res, created_at=ex.created_at, generation=ex.generation, sandbox=sandbox
         )
-        await self.write_status(ex, body)
+        await self.write_terminal(ex.name, ex.namespace, ex.status, body)
         self.rt.events.record(
             ex.body, outcome.reason.value, outcome.message, warning=not outcome.succeeded
         )
@@ -466,6 +497,14 @@ class Road:
         metrics.END_TO_END.labels(lang).observe(max(0.0, time.time() - ex.created))
         if report is not None and report.wall_ms is not None:
             metrics.RUN_TIME.labels(lang).observe(report.wall_ms / 1000)
+
+
+def refused(err: ApiError) -> bool:
+    """The API server will never take this write as it is (retrying it cannot help)."""
+    if err.status in (400, 413, 422):
+        return True
+    # etcd's own size limit surfaces as a 500 "etcdserver: request is too large".
+    return err.status == 500 and "too large" in str(err.body.get("message", "")).lower()
 
 
 def _with(ev: Evidence, **changes: Any) -> Evidence:

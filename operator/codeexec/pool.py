@@ -63,9 +63,7 @@ def ready_condition(pool: Pool, counts: Counts) -> dict[str, Any]:
     size = pool.spec.size
     message = f"{counts.ready}/{size} warm pods ready, {counts.warming} warming"
     message += f", {counts.claimed} running" if counts.claimed else ""
-    served = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in pool.conditions
-    )
+    served = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pool.conditions)
     if counts.ready >= size:
         return condition("Ready", True, "Full", message, generation=pool.generation)
     if counts.ready or counts.claimed or served:

@@ -12,10 +12,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from codeexec import jsonbounds
+
 PROTOCOL = "codeexec.io/runner/v1"
 REPORT_PREFIX = b"CXR1 "
 STARTED_PREFIX = "CXS1 "
-MAX_REPORT_BYTES = 8 * 1024 * 1024
+# The supervisor's report holds a return value of at most maxResultBytes (256 KiB, the status
+# cap) plus 64 KiB of record, and two stream heads of keepBytes (64 KiB each, at most 6 bytes
+# of escaped JSON per byte): ~1.1 MiB. Anything longer on the stream is not a report.
+MAX_REPORT_BYTES = 2 * 1024 * 1024
 
 
 def new_request_id() -> str:
@@ -31,6 +36,10 @@ class Request:
     timeout_ms: int
     max_output_bytes: int
     keep_bytes: int
+    # The runner omits (and flags) a return value larger or deeper than these: what the status
+    # can keep is all that is worth sending back.
+    max_result_bytes: int = jsonbounds.MAX_RETURN_VALUE_BYTES
+    max_result_depth: int = jsonbounds.MAX_RETURN_VALUE_DEPTH
 
     def encode(self) -> bytes:
         line = json.dumps(
@@ -43,6 +52,8 @@ class Request:
                 "timeoutMs": self.timeout_ms,
                 "maxOutputBytes": self.max_output_bytes,
                 "keepBytes": self.keep_bytes,
+                "maxResultBytes": self.max_result_bytes,
+                "maxResultDepth": self.max_result_depth,
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -143,7 +154,7 @@ def parse_report_line(line: bytes, request_id: str, *, compact: bool = False) ->
     if not line.startswith(REPORT_PREFIX):
         return None
     try:
-        doc = json.loads(line[len(REPORT_PREFIX) :])
+        doc = jsonbounds.loads(line[len(REPORT_PREFIX) :])
     except ValueError:
         return None
     if not isinstance(doc, dict) or doc.get("id") != request_id:
@@ -158,21 +169,24 @@ class ReportReader:
         self.request_id = request_id
         self.started = False
         self._started_line = started_line(request_id)
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> Report | None:
         self._buffer += chunk
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
+        if b"\n" not in chunk:
+            if len(self._buffer) > MAX_REPORT_BYTES:
+                # Only the supervisor writes here and its line is bounded; drop runaway garbage.
+                self._buffer.clear()
+            return None
+        lines = bytes(self._buffer).split(b"\n")
+        self._buffer = bytearray(lines.pop())
+        for line in lines:
             if line.strip() == self._started_line:
                 self.started = True
                 continue
             report = parse_report_line(line, self.request_id)
             if report is not None:
                 return report
-        if len(self._buffer) > MAX_REPORT_BYTES:
-            # Only the supervisor writes here and its line is bounded; drop runaway garbage.
-            self._buffer = b""
         return None
 
 
@@ -210,7 +224,7 @@ def parse_termination_message(message: str | None, request_id: str) -> PodRecord
         return PodRecord(started=report.started, report=report)
     if text.startswith(STARTED_PREFIX):
         try:
-            doc = json.loads(text[len(STARTED_PREFIX) :])
+            doc = jsonbounds.loads(text[len(STARTED_PREFIX) :])
         except ValueError:
             doc = {}
         # The started record names the request by digest: the user's code can read the

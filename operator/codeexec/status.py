@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from codeexec.api.models import ErrorInfo, ExecutionResult, Phase
+from codeexec import jsonbounds
+from codeexec.api.models import ErrorInfo, ExecutionResult, Phase, ValueOmitted
 from codeexec.outcomes import Outcome, Reason, signal_name
 from codeexec.protocol import Report, public_id
 
-# etcd refuses objects over 1.5 MiB; code (128 KiB) + two streams + return value + traceback
-# must stay well below that.
-MAX_RETURN_VALUE_BYTES = 256 * 1024
+# etcd refuses objects over 1.5 MiB; code (128 KiB) + arguments (256 KiB) + two streams +
+# return value + traceback must stay well below that.
+MAX_RETURN_VALUE_BYTES = jsonbounds.MAX_RETURN_VALUE_BYTES
 MAX_TRACEBACK_CHARS = 16 * 1024
 MAX_MESSAGE_CHARS = 4 * 1024
 
@@ -100,15 +101,17 @@ class Sandbox:
     attempts: int = 1
 
     def dump(self) -> dict[str, Any]:
-        return {
-            "pool": self.pool,
-            "pod": self.pod,
-            "podUID": self.pod_uid,
-            "node": self.node,
-            "requestId": public_id(self.request_id),
-            "claimedAt": timestamp(self.claimed_at),
-            "attempts": self.attempts,
-        }
+        return without_nones(
+            {
+                "pool": self.pool,
+                "pod": self.pod,
+                "podUID": self.pod_uid,
+                "node": self.node,
+                "requestId": public_id(self.request_id),
+                "claimedAt": timestamp(self.claimed_at),
+                "attempts": self.attempts,
+            }
+        )
 
     @classmethod
     def load(cls, raw: dict[str, Any] | None) -> Sandbox | None:
@@ -201,14 +204,64 @@ def result(
     peak = report.cgroup_peak_bytes or (report.max_rss_kb * 1024 if report.max_rss_kb else None)
     res.peak_memory_bytes = peak
     if report.result and report.result.get("kind") == "returned":
-        value = report.result.get("value")
-        size = len(json.dumps(value, separators=(",", ":")))
-        res.return_value_bytes = size
-        if size <= MAX_RETURN_VALUE_BYTES:
-            res.return_value = value
-        else:
-            res.return_value_truncated = True
+        _return_value(res, report.result)
     return res
+
+
+def _return_value(res: ExecutionResult, returned: dict[str, Any]) -> None:
+    """Stores what main returned exactly, or says plainly why it is not stored.
+
+    A value the API server would change (2**64, 10**400, 1.0, -0.0) is kept as its exact JSON
+    text in returnValueJSON; one too large or too deep to keep is omitted and flagged, with its
+    size when known. Never an error of the program's: it returned.
+    """
+    omitted = returned.get("omitted")
+    size = returned.get("bytes")
+    res.return_value_bytes = size if isinstance(size, int) and not isinstance(size, bool) else None
+    if omitted is not None:
+        known = {v.value for v in ValueOmitted}
+        res.return_value_omitted = omitted if omitted in known else ValueOmitted.NOT_REPORTED.value
+        res.return_value_truncated = True
+        return
+    value = returned.get("value")
+    if jsonbounds.depth(value, stop_above=jsonbounds.MAX_RETURN_VALUE_DEPTH) > (
+        jsonbounds.MAX_RETURN_VALUE_DEPTH
+    ):
+        res.return_value_omitted = ValueOmitted.TOO_DEEP.value
+        res.return_value_truncated = True
+        return
+    res.return_value_bytes = jsonbounds.compact_size(value)
+    if res.return_value_bytes > MAX_RETURN_VALUE_BYTES:
+        res.return_value_omitted = ValueOmitted.TOO_LARGE.value
+        res.return_value_truncated = True
+    elif jsonbounds.storable_exactly(value):
+        res.return_value = value
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+        if len(text) > MAX_RETURN_VALUE_BYTES:
+            res.return_value_omitted = ValueOmitted.TOO_LARGE.value
+            res.return_value_truncated = True
+        else:
+            res.return_value_json = text
+
+
+def omission_note(res: ExecutionResult) -> str:
+    """A sentence for the status message when the return value is not stored, else ''."""
+    why = res.return_value_omitted
+    if why is None:
+        return ""
+    size = f" ({res.return_value_bytes} bytes of JSON)" if res.return_value_bytes else ""
+    if why == ValueOmitted.TOO_LARGE.value:
+        return (
+            f"; the return value{size} is over the {MAX_RETURN_VALUE_BYTES}-byte limit "
+            "and was not stored"
+        )
+    if why == ValueOmitted.TOO_DEEP.value:
+        return (
+            f"; the return value is nested more than {jsonbounds.MAX_RETURN_VALUE_DEPTH} "
+            "levels deep (the limit) and was not stored"
+        )
+    return f"; the return value{size} did not reach the operator and was not stored"
 
 
 def finished(
@@ -221,32 +274,35 @@ def finished(
 ) -> dict[str, Any]:
     completed = now()
     duration = (completed - created_at).total_seconds() if created_at else None
-    # A merge patch cannot store null: main returning None shows as no returnValue with
-    # returnValueBytes 4 ("null").
     body = res.dump()
+    if returned_null(res):
+        body["returnValue"] = None  # written by JSON Patch, so the null is kept
+    message = (outcome.message + omission_note(res))[:MAX_MESSAGE_CHARS]
     # A run quick enough to skip the Running write still says where it ran.
     where = placement(sandbox, created_at) if sandbox is not None else {}
-    return {
-        **where,
-        "phase": (Phase.SUCCEEDED if outcome.succeeded else Phase.FAILED).value,
-        "reason": outcome.reason.value,
-        "message": outcome.message[:MAX_MESSAGE_CHARS],
-        "observedGeneration": generation,
-        "completionTime": timestamp(completed),
-        "duration": f"{duration:.2f}s" if duration is not None else None,
-        "result": body,
-        "conditions": [
-            *([claimed(sandbox, generation)] if sandbox is not None else []),
-            condition(
-                "Complete" if outcome.succeeded else "Failed",
-                True,
-                outcome.reason.value,
-                outcome.message,
-                generation=generation,
-                since=completed,
-            ),
-        ],
-    }
+    return without_nones(
+        {
+            **where,
+            "phase": (Phase.SUCCEEDED if outcome.succeeded else Phase.FAILED).value,
+            "reason": outcome.reason.value,
+            "message": message,
+            "observedGeneration": generation,
+            "completionTime": timestamp(completed),
+            "duration": f"{duration:.2f}s" if duration is not None else None,
+            "result": body,
+            "conditions": [
+                *([claimed(sandbox, generation)] if sandbox is not None else []),
+                condition(
+                    "Complete" if outcome.succeeded else "Failed",
+                    True,
+                    outcome.reason.value,
+                    message,
+                    generation=generation,
+                    since=completed,
+                ),
+            ],
+        }
+    )
 
 
 def failed_before_start(
@@ -256,3 +312,51 @@ def failed_before_start(
     return finished(
         outcome, result(outcome, None, started=False), created_at=created_at, generation=generation
     )
+
+
+def returned_null(res: ExecutionResult) -> bool:
+    """main returned None/null/undefined (as opposed to no value stored)."""
+    return (
+        res.return_value is None
+        and res.return_value_json is None
+        and not res.return_value_truncated
+        and res.return_value_bytes is not None
+    )
+
+
+def without_nones(body: dict[str, Any]) -> dict[str, Any]:
+    """Top-level members that are None left out: a schema field is not nullable."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def reduced(body: dict[str, Any], refusal: str) -> dict[str, Any]:
+    """The terminal status again, without the result's bulky parts, after the API server
+    refused the full one (too large, not representable): the outcome and reason are kept."""
+    small = dict(body)
+    result = dict(body.get("result") or {})
+    for bulky in ("returnValue", "returnValueJSON", "stdout", "stderr", "error"):
+        result.pop(bulky, None)
+    if "returnValueBytes" in result:
+        result["returnValueTruncated"] = True
+        result["returnValueOmitted"] = ValueOmitted.NOT_STORABLE.value
+    result["stdoutTruncated"] = bool(result.get("stdoutBytes"))
+    result["stderrTruncated"] = bool(result.get("stderrBytes"))
+    small["result"] = result
+    note = f"; the full result could not be stored ({refusal[:200]})"
+    small["message"] = (str(body.get("message") or "") + note)[:MAX_MESSAGE_CHARS]
+    small["conditions"] = [
+        {**c, "message": small["message"]} if c.get("type") in ("Complete", "Failed") else c
+        for c in body.get("conditions") or []
+    ]
+    return small
+
+
+def minimal(body: dict[str, Any], refusal: str) -> dict[str, Any]:
+    """Phase, reason and why: the last resort when even the reduced status was refused."""
+    keep = ("phase", "reason", "observedGeneration", "completionTime", "duration", "sandbox")
+    small = {k: body[k] for k in keep if k in body}
+    note = f"; no result could be stored ({refusal[:200]})"
+    small["message"] = (str(body.get("message") or "") + note)[:MAX_MESSAGE_CHARS]
+    result = body.get("result") or {}
+    small["result"] = {k: result[k] for k in ("status", "started") if k in result}
+    return small

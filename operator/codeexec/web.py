@@ -8,12 +8,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
-async def start(port: int, ready: Callable[[], bool]) -> web.AppRunner:
+async def start(
+    port: int, ready: Callable[[], bool], alive: Callable[[], bool] = lambda: True
+) -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        ok = alive()
+        return web.json_response({"status": "ok" if ok else "dead"}, status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
         ok = ready()

@@ -297,7 +297,13 @@ def test_compact_report_always_fits_and_stays_json():
 
     report["result"] = {"kind": "returned", "value": list(range(5000))}
     small = json.loads(supervisor.compact(report)[5:])
-    assert small["result"] == {"kind": "returned", "value": None, "valueOmitted": True}
+    # Flagged with its size: never readable as `return None` (issue 11, 4b).
+    assert small["result"] == {
+        "kind": "returned",
+        "value": None,
+        "omitted": "NotReported",
+        "bytes": len(json.dumps(list(range(5000)), separators=(",", ":"))),
+    }
 
     report["stdout"] = report["stderr"] = None
     report["result"] = {"kind": "returned", "value": 10}
@@ -366,3 +372,36 @@ def test_only_the_first_request_line_ever_runs(run):
     assert r.report["id"] == first["id"]
     assert r.value == ""
     assert r.raw_stdout.count(b"CXR1 ") == 1
+
+
+def test_the_supervisor_passes_on_a_value_no_deeper_than_the_request_allows() -> None:
+    """Whatever the worker wrote (it runs the user's code in its own process), the report
+    carries no value deeper than maxResultDepth, and an omitted value keeps its reason and size.
+
+    caught: without the supervisor's own depth check, the 100-deep record went through.
+    """
+    deep: Any = []
+    for _ in range(99):
+        deep = [deep]
+    line = json.dumps({"kind": "returned", "value": deep}).encode()
+    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0, 64)
+    assert result == {"kind": "returned", "value": None, "omitted": "TooDeep", "bytes": None}
+    line = b'{"kind":"returned","value":null,"omitted":"TooLarge","bytes":5000}'
+    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    assert result == {"kind": "returned", "value": None, "omitted": "TooLarge", "bytes": 5000}
+    line = b'{"kind":"returned","value":7,"omitted":"Whatever","bytes":5000}'
+    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    assert result == {"kind": "returned", "value": 7}
+
+
+def test_the_request_carries_the_result_limits_to_the_runner() -> None:
+    """The operator's maxResultBytes/maxResultDepth reach the supervisor (issue 11, 8).
+
+    caught: without maxResultBytes on the request line the runner fell back to 1 MiB.
+    """
+    from codeexec.protocol import Request
+
+    line = Request("abcdefghijklmnop-1234", "python", "x", {}, 1000, 1 << 20, 65536).encode()
+    request, _, problem = supervisor.parse_request(line.strip(), "python")
+    assert problem is None and request is not None
+    assert (request.max_result_bytes, request.max_result_depth) == (256 * 1024, 64)

@@ -625,12 +625,69 @@ def test_what_json_can_hold_is_returned(run):
     assert js.value == {"d": "1970-01-01T00:00:00.000Z", "s": "x"}  # JSON.stringify's rules
 
 
-def test_oversized_return_value_is_refused(run):
+def test_an_oversized_return_value_is_omitted_and_flagged_never_an_error(run):
+    """A value too large to keep is main returning, not a program error (issue 11, 4c).
+
+    caught: the workers' old ResultTooLarge serialize error made this fail.
+    """
     too_big_py, too_big_js, fits = run.gather(
         run.start("python", "def main():\n    return 'x' * 5000", maxResultBytes=4096),
         run.start("nodejs", "module.exports = () => 'x'.repeat(5000);", maxResultBytes=4096),
         run.start("python", "def main():\n    return 'x' * 4000", maxResultBytes=4096),
     )
     for r in (too_big_py, too_big_js):
-        assert (r.error["phase"], r.error["type"]) == ("serialize", "ResultTooLarge")
+        assert r.report["exit"]["code"] == 0
+        assert r.result == {"kind": "returned", "value": None, "omitted": "TooLarge", "bytes": 5002}
     assert fits.value == "x" * 4000
+
+
+DEEP_PY = "def main():\n    v = []\n    for _ in range({n}):\n        v = [v]\n    return v"
+DEEP_JS = (
+    "module.exports = () => {{ let v = []; for (let i = 0; i < {n}; i++) v = [v]; return v; }};"
+)
+
+
+def test_a_return_value_deeper_than_the_limit_is_omitted_and_flagged(run):
+    """Nested 10,000 deep (or just past maxResultDepth) is omitted as TooDeep, exit 0; one
+    within the limit comes back whole.
+
+    caught: the workers' old 500-level walker let 100 levels through (and Python's encoder's
+    RecursionError became a serialize error); removing the depth check made this fail.
+    """
+    runs = run.gather(
+        run.start("python", DEEP_PY.format(n=9_999)),
+        run.start("nodejs", DEEP_JS.format(n=9_999)),
+        run.start("python", DEEP_PY.format(n=64)),
+        run.start("nodejs", DEEP_JS.format(n=64)),
+        run.start("python", DEEP_PY.format(n=63)),
+        run.start("nodejs", DEEP_JS.format(n=63)),
+    )
+    for r in runs[:4]:
+        assert r.report["exit"]["code"] == 0, r.report
+        assert r.result is not None
+        assert (r.result["omitted"], r.result["value"]) == ("TooDeep", None)
+    for r in runs[4:]:
+        value, levels = r.value, 0
+        while isinstance(value, list):
+            value, levels = (value[0] if value else None), levels + 1
+        assert levels == 64
+
+
+def test_a_node_tojson_cannot_smuggle_a_deeper_value_past_the_check(run):
+    """caught: without the depth check of the JSON text, this toJSON-built value came back."""
+    code = (
+        "module.exports = () => ({ toJSON() { let v = []; "
+        "for (let i = 0; i < 200; i++) v = [v]; return v; } });"
+    )
+    (r,) = run.gather(run.start("nodejs", code))
+    assert r.result is not None and r.result.get("omitted") == "TooDeep"
+
+
+def test_the_operator_limits_reach_the_worker(run):
+    """maxResultDepth from the request is what the worker enforces."""
+    py, js = run.gather(
+        run.start("python", DEEP_PY.format(n=5), maxResultDepth=3),
+        run.start("nodejs", DEEP_JS.format(n=5), maxResultDepth=3),
+    )
+    for r in (py, js):
+        assert r.result is not None and r.result.get("omitted") == "TooDeep"

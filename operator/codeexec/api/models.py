@@ -6,11 +6,14 @@ edge of the operator (and serve the Python client), so the inside works on typed
 
 from __future__ import annotations
 
+import contextlib
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from codeexec import jsonbounds
 
 GROUP = "codeexec.io"
 VERSION = "v1alpha1"
@@ -59,6 +62,15 @@ class ErrorInfo(_Model):
     code: str | None = None
 
 
+class ValueOmitted(StrEnum):
+    """Why `status.result.returnValue` is not stored (`returnValueOmitted`)."""
+
+    TOO_LARGE = "TooLarge"  # over 256 KiB of JSON
+    TOO_DEEP = "TooDeep"  # nested more than 64 levels
+    NOT_REPORTED = "NotReported"  # the report that reached the operator did not carry it
+    NOT_STORABLE = "NotStorable"  # the API server refused the status that held it
+
+
 class ExecutionResult(_Model):
     """Everything `outcomes.md` asks a finished execution to report."""
 
@@ -72,8 +84,12 @@ class ExecutionResult(_Model):
     signal: int | None = None
     signal_name: str | None = None
     return_value: Any = None
+    # The exact JSON text, instead of returnValue, when the API server would change the value
+    # (integers beyond int64, integral floats, -0.0): `value()` decodes it.
+    return_value_json: str | None = Field(default=None, alias="returnValueJSON")
     return_value_bytes: int | None = None
     return_value_truncated: bool = False
+    return_value_omitted: str | None = None
     error: ErrorInfo | None = None
     stdout: str = ""
     stderr: str = ""
@@ -84,6 +100,14 @@ class ExecutionResult(_Model):
     wall_ms: float | None = None
     cpu_ms: float | None = None
     peak_memory_bytes: int | None = None
+
+    @model_validator(mode="after")
+    def _decode_exact_text(self) -> ExecutionResult:
+        # Readers get the exact value in return_value whichever way it was stored.
+        if self.return_value is None and self.return_value_json is not None:
+            with contextlib.suppress(ValueError):
+                self.return_value = jsonbounds.loads(self.return_value_json)
+        return self
 
 
 class PoolResources(_Model):

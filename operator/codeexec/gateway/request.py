@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any, cast
 
+from codeexec import jsonbounds
 from codeexec.api.models import MAX_CODE_BYTES, Language
 
 LANGUAGES: tuple[Language, ...] = ("python", "nodejs")
@@ -55,7 +55,8 @@ def _no_constants(name: str) -> Any:
 def parse_run_request(body: bytes) -> RunRequest:
     """The request, or `Invalid` with every problem found."""
     try:
-        doc = json.loads(body, parse_constant=_no_constants)
+        # Bounded: a body nested 10,000 deep is cut (and refused below), never a RecursionError.
+        doc = jsonbounds.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError) as err:
         raise Invalid([Problem("json_invalid", ("body",), f"JSON decode error: {err}")]) from None
     if not isinstance(doc, dict):
@@ -82,6 +83,12 @@ def parse_run_request(body: bytes) -> RunRequest:
         problems.append(
             Problem("dict_type", ("body", "arguments"), "Input should be a valid dictionary")
         )
+    else:
+        # The operator's own limits, checked here so that the request never waits for a
+        # slot and an InvalidRequest: the answer is at once.
+        bound = jsonbounds.arguments_problem(arguments)
+        if bound is not None:
+            problems.append(Problem("value_error", ("body", "arguments"), f"Value error, {bound}"))
     if problems:
         raise Invalid(problems)
     assert code is not None

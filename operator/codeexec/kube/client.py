@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from codeexec import __version__
+from codeexec import __version__, jsonbounds
 from codeexec.kube.config import Connection
 
 JSON = dict[str, Any]
@@ -48,6 +48,7 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
 
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 # Items per list page: a list of 5,000 finished executions (each up to ~1 MiB of status)
@@ -132,9 +133,7 @@ class Kube:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = new_session(
-                self.conn, limit=self._pool_size, component=self.component
-            )
+            self._session = new_session(self.conn, limit=self._pool_size, component=self.component)
         return self._session
 
     @property
@@ -195,7 +194,7 @@ class Kube:
                 self.observe(verb, "error")
                 raise
             try:
-                payload: Any = json.loads(text) if text else {}
+                payload: Any = jsonbounds.loads(text) if text else {}
             except ValueError:
                 payload = {"message": text}
             # An expired or revoked credential: renew it once (exec plugins, rotated tokens).
@@ -263,6 +262,17 @@ class Kube:
     ) -> JSON:
         return await self.patch(res, name, {"status": status}, namespace, sub="status")
 
+    async def replace_status(
+        self, res: Resource, name: str, status: JSON, namespace: str | None = None
+    ) -> JSON:
+        """Sets the whole status in one JSON Patch `add` (RFC 6902 replaces an existing member).
+
+        Unlike a merge patch, every `null` inside the new status is stored as null, not read as
+        "delete this member" (a returned `{"error": None}` must come back with its null).
+        """
+        ops = [{"op": "add", "path": "/status", "value": status}]
+        return await self.patch(res, name, ops, namespace, sub="status", patch_type="json")
+
     async def delete(
         self,
         res: Resource,
@@ -323,7 +333,7 @@ class Kube:
             async for line in resp.content:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = jsonbounds.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
                     raise ApiError(int(status.get("code", 500)), status)

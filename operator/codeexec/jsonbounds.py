@@ -1,0 +1,195 @@
+"""Bounded JSON: the depth and size limits on tenant-controlled values, and a decoder that
+survives any nesting.
+
+Pure. The API server accepts JSON nested 10,000 levels deep in free-form fields
+(`spec.arguments`); Python's `json.loads` gives up near 1,000 levels on 3.11 (RecursionError)
+and `copy.deepcopy` near 500, so one such object used to kill Kopf's watcher for every tenant.
+Everything the operator decodes from the API server or a runner goes through `loads` here:
+a cheap scan of the bracket depth outside strings, and only for the rare over-deep document a
+rewrite that replaces each subtree below `MAX_DECODE_DEPTH` by the string `TOO_DEEP`. The
+resulting value is at most MAX_DECODE_DEPTH deep, so every recursive walker after it (Kopf's
+diffbase, deepcopy, pydantic, json.dumps) stays far from Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any
+
+# Where decoding cuts. Python's recursion limit is 1,000 frames; deepcopy takes ~2 per level and
+# Kopf runs a handler ~100 frames deep, so 128 leaves a wide margin. It is above every
+# tenant-facing limit plus the envelope (list -> items -> item -> spec -> arguments is 4 levels),
+# so a cut value always fails the tenant-facing check below and is never mistaken for data.
+MAX_DECODE_DEPTH = 128
+# What a tenant may nest in spec.arguments and what a program may return (counting the
+# outermost object or array as level 1). Deep enough for any real document.
+MAX_ARGUMENTS_DEPTH = 64
+MAX_RETURN_VALUE_DEPTH = 64
+# spec.arguments as compact JSON. The object (code 128 KiB, arguments, metadata, a status of
+# up to ~600 KiB) must stay under etcd's 1.5 MiB.
+MAX_ARGUMENTS_BYTES = 256 * 1024
+# A return value as compact ASCII JSON; the runner omits a larger one (flagged, never an error).
+MAX_RETURN_VALUE_BYTES = 256 * 1024
+
+TOO_DEEP = f"<codeexec: nested deeper than {MAX_DECODE_DEPTH} levels, cut>"
+
+# A JSON string (escapes included) or one bracket. The unrolled loop keeps `re` linear.
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_STRINGS = re.compile(_STRING)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_TOKENS = re.compile(_STRING + r"|[\[\]{}]")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def text_depth(text: str, *, stop_above: int | None = None) -> int:
+    """The deepest nesting of a JSON text (`{}` is 1, a scalar 0), counted outside strings.
+
+    With `stop_above`, any answer above it may be returned as soon as it is known.
+    """
+    if stop_above is not None and text.count("[") + text.count("{") <= stop_above:
+        return stop_above  # not even that many opening brackets, strings included
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    if stop_above is not None and len(brackets) // 2 <= stop_above:
+        # Fewer bracket pairs than the limit: cannot be deeper (the common case, C speed).
+        return min(len(brackets) // 2, stop_above)
+    if not brackets:
+        return 0
+    return max(0, max(itertools.accumulate(_STEP[c] for c in brackets)))
+
+
+def _cut(text: str, max_depth: int) -> str:
+    """`text` with every container below `max_depth` replaced by the TOO_DEEP string."""
+    marker = json.dumps(TOO_DEEP)
+    pieces: list[str] = []
+    depth = 0
+    kept_until = 0
+    cut_from: int | None = None
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        if token in "[{":
+            depth += 1
+            if depth == max_depth + 1 and cut_from is None:
+                cut_from = match.start()
+        else:
+            if depth == max_depth + 1 and cut_from is not None:
+                pieces.append(text[kept_until:cut_from])
+                pieces.append(marker)
+                kept_until = match.end()
+                cut_from = None
+            depth -= 1
+    if cut_from is not None:  # unbalanced (invalid JSON): let json.loads say so
+        return text
+    pieces.append(text[kept_until:])
+    return "".join(pieces)
+
+
+def loads(
+    data: str | bytes | bytearray, *, max_depth: int = MAX_DECODE_DEPTH, **options: Any
+) -> Any:
+    """`json.loads` that never recurses past `max_depth`: deeper subtrees become TOO_DEEP.
+
+    Raises ValueError (json.JSONDecodeError) for text that is not JSON, like json.loads;
+    `options` go to json.loads (e.g. parse_constant).
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    if text_depth(text, stop_above=max_depth) > max_depth:
+        text = _cut(text, max_depth)
+    try:
+        return json.loads(text, **options)
+    except RecursionError as err:  # unreachable after the cut; never let it escape as such
+        raise ValueError(f"JSON nested too deeply: {err}") from None
+
+
+def depth(value: Any, *, stop_above: int | None = None) -> int:
+    """Nesting of a decoded value (`{}` is 1, a scalar 0); iterative, so any depth is fine.
+
+    With `stop_above`, returns stop_above + 1 as soon as the value is known to be deeper.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        level += 1
+        if level > deepest:
+            deepest = level
+            if stop_above is not None and deepest > stop_above:
+                return deepest
+        stack.extend((child, level) for child in children)
+    return deepest
+
+
+def compact_size(value: Any) -> int:
+    """UTF-8 bytes of `value` as compact JSON (what the status and the runner count)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+# Go's encoder (the API server's) writes a float64 without exponent and without ".0" below
+# 1e21, so such an integral float comes back as an int.
+_GO_PLAIN_FLOAT_LIMIT = 1e21
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _exact_string(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the API server stores U+FFFD instead
+        return False
+    return True
+
+
+def storable_exactly(value: Any) -> bool:
+    """Whether the API server (int64/float64 numbers, UTF-8 text) keeps `value` unchanged.
+
+    False for integers outside int64 (2**64 would become a float, 10**400 is refused),
+    integral floats below 1e21 and -0.0 (they come back as ints), non-finite floats and
+    strings with lone surrogates. Iterative: any depth.
+    """
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int):
+            if not _INT64[0] <= item <= _INT64[1]:
+                return False
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return False
+            if item.is_integer() and abs(item) < _GO_PLAIN_FLOAT_LIMIT:
+                return False
+        elif isinstance(item, str):
+            if not _exact_string(item):
+                return False
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str) or not _exact_string(key):
+                    return False
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            return False
+    return True
+
+
+def arguments_problem(arguments: Any) -> str | None:
+    """Why `spec.arguments` cannot be run, or None. Names the limit it breaks."""
+    if depth(arguments, stop_above=MAX_ARGUMENTS_DEPTH) > MAX_ARGUMENTS_DEPTH:
+        return f"spec.arguments is nested more than {MAX_ARGUMENTS_DEPTH} levels deep (the limit)"
+    size = compact_size(arguments)
+    if size > MAX_ARGUMENTS_BYTES:
+        return f"spec.arguments is {size} bytes as JSON; the limit is {MAX_ARGUMENTS_BYTES} bytes"
+    return None
