@@ -1,0 +1,198 @@
+"""Hostile values on the data path: arguments and return values (issue 10 finding 1, issue 11
+findings 4, 5 and 8), on the real cluster with the real operator process.
+
+Deeply nested arguments are sent as raw JSON text (`kubectl create --raw`): the API server
+accepts JSON nested up to 10,000 levels, which no Python client can even encode. Every
+execution must end terminal (or be refused at admission), the operator must stay up and
+keep serving other namespaces, also across a restart whose initial list holds those objects.
+Return values must come back exactly or flagged, and their pods must be deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.fixtures import Cluster, wait_for
+
+from codeexec.client import Client
+from codeexec.kube import config
+from codeexec.kube.client import CODE_EXECUTIONS, Kube
+
+from .conftest import SANDBOX_NS, OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+WAIT = 120.0  # a bound against hangs: a terminal status comes in seconds
+LEVELS = (500, 1_000, 5_000, 10_000)
+
+
+def nested_arguments(levels: int) -> str:
+    return '{"deep": ' + "[" * levels + "1" + "]" * levels + "}"
+
+
+def create_raw(cluster: Cluster, namespace: str, name: str, arguments: str) -> str | None:
+    """Creates the CodeExecution from raw JSON text; the API server's refusal, if it refused."""
+    body = (
+        '{"apiVersion": "codeexec.io/v1alpha1", "kind": "CodeExecution", '
+        f'"metadata": {{"name": "{name}"}}, '
+        '"spec": {"language": "python", "code": "def main(**a):\\n    return 1\\n", '
+        f'"arguments": {arguments}}}}}'
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        path = f"/apis/codeexec.io/v1alpha1/namespaces/{namespace}/codeexecutions"
+        proc = cluster.kubectl("create", "--raw", path, "-f", f.name, check=False)
+    finally:
+        Path(f.name).unlink()
+    return None if proc.returncode == 0 else (proc.stderr or proc.stdout)
+
+
+@pytest.fixture
+def other_namespace(cluster: Cluster) -> Iterator[str]:
+    """A second tenant's namespace (served by the suite's operator: e2e-*)."""
+    name = f"e2e-bystander-{secrets.token_hex(3)}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+async def client_for(cluster: Cluster, namespace: str) -> Client:
+    return Client(Kube(config.from_kubeconfig(str(cluster.kubeconfig)) or config.load()), namespace)
+
+
+def pod_gone(cluster: Cluster, pod: str) -> bool:
+    proc = cluster.kubectl("-n", SANDBOX_NS, "get", "pod", pod, "-o", "name", check=False)
+    return proc.returncode != 0 and "NotFound" in proc.stderr
+
+
+async def test_nested_arguments_end_terminal_while_other_tenants_keep_running(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    cx: Client,
+    namespace: str,
+    other_namespace: str,
+) -> None:
+    """Arguments nested 500, 1,000, 5,000 and 10,000 deep each end Failed/InvalidRequest
+    naming the limit (or are refused at admission), while an execution in another namespace
+    completes, before and after an operator restart whose initial list holds them all.
+
+    caught: with kopfjson.install() removed from handlers.startup, the 1,000-level object
+    killed Kopf's watcher (RecursionError in the list/watch decode) and the other namespace's
+    execution never finished; with the arguments check removed from lifecycle.parse, the
+    500-level one never got a status (deepcopy RecursionError).
+    """
+    names = {levels: f"deep-{levels}" for levels in LEVELS}
+    refused = {
+        levels: create_raw(cluster, namespace, name, nested_arguments(levels))
+        for levels, name in names.items()
+    }
+    bystander = await client_for(cluster, other_namespace)
+    try:
+        done = await bystander.run("def main():\n    return 'still here'\n", wait_timeout=WAIT)
+        assert done.status.reason == "Succeeded"
+        assert done.status.result and done.status.result.return_value == "still here"
+        for levels, name in names.items():
+            if refused[levels] is not None:
+                continue  # refused at admission: nothing to run, nothing to break
+            ended = await cx.wait(name, timeout=WAIT)
+            assert (ended.status.phase, ended.status.reason) == ("Failed", "InvalidRequest")
+            assert "more than 64 levels deep" in (ended.status.message or ""), ended.status
+        assert operator.proc is not None and operator.proc.poll() is None
+        # The crash loop came back on every start: the initial list held the deep objects.
+        operator.restart()
+        again = await bystander.run("def main():\n    return 2\n", wait_timeout=WAIT)
+        assert again.status.result and again.status.result.return_value == 2
+    finally:
+        await bystander.kube.close()
+    assert any(r is None for r in refused.values()), "the API server refused every depth"
+
+
+RETURNS_DEEP = {
+    "python": "def main():\n    v = []\n    for _ in range(10_000):\n        v = [v]\n    return v\n",
+    "nodejs": "module.exports = () => { let v = []; for (let i = 0; i < 10000; i++) v = [v]; "
+    "return v; };",
+}
+
+
+@pytest.mark.parametrize("language", ["python", "nodejs"])
+async def test_a_return_value_nested_10000_deep_ends_terminal_and_its_pod_goes(
+    cluster: Cluster, cx: Client, language: str
+) -> None:
+    """caught: with the images' depth check removed (IMAGE_TAG=input built without it), the
+    Node.js value reached the supervisor, whose json.loads gave up: a result-less report; in
+    the operator, a value over ~500 levels made Kopf's deepcopy of the status fail."""
+    done = await cx.run(RETURNS_DEEP[language], language=language, wait_timeout=WAIT)
+    assert (done.status.phase, done.status.reason) == ("Succeeded", "Succeeded"), done.status
+    result = done.status.result
+    assert result is not None and result.return_value_truncated
+    assert result.return_value_omitted == "TooDeep"
+    assert "more than 64 levels deep" in (done.status.message or "")
+    assert done.status.sandbox and done.status.sandbox.pod
+    wait_for(lambda: pod_gone(cluster, done.status.sandbox.pod), timeout=WAIT, what="pod deleted")
+
+
+async def test_nulls_and_big_numbers_round_trip(cluster: Cluster, cx: Client) -> None:
+    """caught: with write_terminal using the old merge patch, {"error": None, "rows": [{"a":
+    None, "b": 1}], "n": 1} came back as {"n": 1, "rows": [{"b": 1}]}; without returnValueJSON
+    2**64 came back as 18446744073709551616.0 and 10**400 stayed Running."""
+    cases: list[tuple[str, str, Any]] = [
+        ("python", "return {'error': None, 'rows': [{'a': None, 'b': 1}], 'n': 1}", None),
+        ("python", "return None", None),
+        ("python", "return 2**64", 2**64),
+        ("python", "return 10**400", 10**400),
+        ("python", "return [-0.0, 1.0, 0.5, 2**63 - 1, -2**63]", None),
+        ("python", "return {'s': 'h\\u00e9llo \\u2603 \\U0001f600'}", None),
+        ("nodejs", "return { error: null, rows: [{ a: null }], big: 2 ** 64 };", None),
+    ]
+    expected: list[Any] = [
+        {"error": None, "rows": [{"a": None, "b": 1}], "n": 1},
+        None,
+        2**64,
+        10**400,
+        [-0.0, 1.0, 0.5, 2**63 - 1, -(2**63)],
+        {"s": "h\u00e9llo \u2603 \U0001f600"},
+        {"error": None, "rows": [{"a": None}], "big": 18446744073709552000},
+    ]
+    pods = []
+    for (language, body, _), want in zip(cases, expected, strict=True):
+        code = (
+            f"def main():\n    {body}\n"
+            if language == "python"
+            else f"module.exports = () => {{ {body} }};"
+        )
+        done = await cx.run(code, language=language, wait_timeout=WAIT)
+        assert done.status.reason == "Succeeded", (body, done.status)
+        result = done.status.result
+        assert result is not None and not result.return_value_truncated, body
+        got = result.return_value
+        assert got == want and repr(got) == repr(want), (body, got)
+        if want is None:  # stored as a JSON null, not left out
+            raw = await cx.kube.get(CODE_EXECUTIONS, done.name, cx.namespace)
+            assert raw["status"]["result"]["returnValue"] is None, raw["status"]["result"]
+        pods.append(done.status.sandbox.pod if done.status.sandbox else None)
+    for pod in filter(None, pods):
+        wait_for(lambda pod=pod: pod_gone(cluster, pod), timeout=WAIT, what=f"pod {pod} deleted")
+
+
+async def test_a_value_too_large_to_store_succeeds_flagged_and_its_pod_goes(
+    cluster: Cluster, cx: Client
+) -> None:
+    """A 5 MiB string: Succeeded with the value flagged as not stored and its size.
+
+    caught: before maxResultBytes reached the runner and omissions were flagged, this ended
+    ResultNotSerializable ("ResultTooLarge"), blaming the program.
+    """
+    done = await cx.run("def main():\n    return 'x' * (5 << 20)\n", wait_timeout=WAIT)
+    assert (done.status.phase, done.status.reason) == ("Succeeded", "Succeeded"), done.status
+    result = done.status.result
+    assert result is not None and result.return_value_truncated
+    assert (result.return_value_omitted, result.return_value_bytes) == ("TooLarge", (5 << 20) + 2)
+    assert "262144-byte limit" in (done.status.message or "")
+    assert done.status.sandbox and done.status.sandbox.pod
+    wait_for(lambda: pod_gone(cluster, done.status.sandbox.pod), timeout=WAIT, what="pod deleted")
