@@ -91,3 +91,17 @@ async def test_the_orchestrator_ending_or_an_own_loop_failing_is_a_death() -> No
     await asyncio.wait(own)
     dog = Watchdog(lambda: own, lambda why: None)
     assert "sandbox-pod-watch" in (dog.check() or "")
+
+
+def test_kopfs_task_names_are_the_ones_the_watchdog_follows() -> None:
+    """A Kopf upgrade that renames its tasks would blind the watchdog: fail here instead."""
+    import inspect
+
+    from kopf._core.reactor import orchestration, running
+
+    from codeexec.watchdog import KOPF_WATCHER_PREFIX
+
+    assert f'name=f"{KOPF_WATCHER_PREFIX}{{what}}"' in inspect.getsource(
+        orchestration.spawn_missing_watchers
+    )
+    assert f'name="{KOPF_ORCHESTRATOR}"' in inspect.getsource(running.spawn_tasks)
