@@ -200,9 +200,7 @@ def report(execution: CodeExecution, out: TextIO, err: TextIO) -> int:
     if code == EXIT_OK:
         if result is not None and result.return_value_truncated:
             print(
-                f"codeexec: the return value ({result.return_value_bytes} bytes) was too large "
-                "to store",
-                file=err,
+                f"codeexec: the return value was not stored ({result.why_not_stored()})", file=err
             )
         else:
             print(render_value(result.return_value if result else None), file=out)

@@ -50,7 +50,7 @@ def summary_row(execution: CodeExecution) -> list[str]:
     if result is None or status.phase is None or not status.phase.terminal:
         value = ""
     elif result.return_value_truncated:
-        value = f"<{result.return_value_bytes} bytes, not stored>"
+        value = f"<not stored: {result.why_not_stored()}>"
     elif status.reason == "Succeeded":
         value = shorten(render_value(result.return_value), 40)
     elif result.error is not None:

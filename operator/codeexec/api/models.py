@@ -101,6 +101,22 @@ class ExecutionResult(_Model):
     cpu_ms: float | None = None
     peak_memory_bytes: int | None = None
 
+    def why_not_stored(self) -> str:
+        """Why the return value is not here, for people ('' when it is)."""
+        if not self.return_value_truncated:
+            return ""
+        size = f"{self.return_value_bytes} bytes" if self.return_value_bytes else "size unknown"
+        limit = jsonbounds.MAX_RETURN_VALUE_BYTES
+        why: dict[str, str] = {
+            ValueOmitted.TOO_LARGE.value: f"{size}, over the {limit}-byte limit",
+            ValueOmitted.TOO_DEEP.value: (
+                f"nested more than {jsonbounds.MAX_RETURN_VALUE_DEPTH} levels"
+            ),
+            ValueOmitted.NOT_REPORTED.value: f"{size}, not carried by the pod's record",
+            ValueOmitted.NOT_STORABLE.value: f"{size}, refused by the API server",
+        }
+        return why.get(self.return_value_omitted or "", size)
+
     @model_validator(mode="after")
     def _decode_exact_text(self) -> ExecutionResult:
         # Readers get the exact value in return_value whichever way it was stored.

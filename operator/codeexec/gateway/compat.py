@@ -260,8 +260,8 @@ def _notes(res: ExecutionResult) -> list[str]:
             notes.append(f"[codeexec] {name} truncated: kept the first {kept} of {total} bytes")
     if res.return_value_truncated:
         notes.append(
-            f"[codeexec] main's return value ({res.return_value_bytes} bytes as JSON) was too "
-            "large to keep and is not printed"
+            f"[codeexec] main's return value was not kept ({res.why_not_stored()}) "
+            "and is not printed"
         )
     return notes
 
