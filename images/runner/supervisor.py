@@ -42,6 +42,7 @@ def _sibling(name: str) -> ModuleType:
 
 confine = _sibling("confine")
 evidence = _sibling("evidence")
+workfiles = _sibling("workfiles")
 
 PROTOCOL = "codeexec.io/runner/v1"
 RUNNER_VERSION = "1"
@@ -269,6 +270,9 @@ class Request:
     keep_bytes: int
     max_result_bytes: int
     max_result_depth: int = DEFAULT_MAX_RESULT_DEPTH
+    # Input files ({path, b64}) and the artifact limits; no limits: artifacts are not read.
+    files: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: Any = None
 
 
 def _positive_int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -301,6 +305,14 @@ def parse_request(line: bytes, language: str) -> tuple[Request | None, str | Non
         arguments = obj.get("arguments")
         if not isinstance(arguments, dict):
             raise ProtocolError("arguments must be an object")
+        files = obj.get("files", [])
+        if not isinstance(files, list):
+            raise ProtocolError("files must be an array")
+        for entry in files:
+            try:
+                workfiles.path_parts(entry.get("path") if isinstance(entry, dict) else None)
+            except workfiles.FileError as exc:
+                raise ProtocolError(str(exc)) from exc
         request = Request(
             id=rid,
             code=code,
@@ -310,6 +322,8 @@ def parse_request(line: bytes, language: str) -> tuple[Request | None, str | Non
             keep_bytes=_positive_int(obj, "keepBytes"),
             max_result_bytes=_positive_int(obj, "maxResultBytes", DEFAULT_MAX_RESULT_BYTES),
             max_result_depth=_positive_int(obj, "maxResultDepth", DEFAULT_MAX_RESULT_DEPTH),
+            files=files,
+            artifacts=workfiles.Limits.parse(obj.get("artifacts")),
         )
     except ProtocolError as exc:
         return None, rid, str(exc)
@@ -770,6 +784,12 @@ class Supervisor:
         return f"worker exited before the request ({how})" + (f": {diag}" if diag else "")
 
     def execute(self, request: Request) -> dict[str, Any]:
+        # The input files go in before the code can run; a file that cannot be written means
+        # the code never started (the operator validated the paths: this is a broken pod).
+        try:
+            workfiles.place_files(os.getcwd(), request.files)
+        except workfiles.FileError as exc:
+            return self.not_started(request.id, f"input files: {exc}")
         oom_before = self.config.cgroup.oom_kills()
         self.out.restart(request.keep_bytes)
         self.err.restart(request.keep_bytes)
@@ -849,6 +869,7 @@ class Supervisor:
         seen = self.watch.end(error)
         self.watch = None
         oom_after = self.config.cgroup.oom_kills()
+        artifacts = self.send_artifacts(request)
         cpu_ms = None
         max_rss = None
         if self.rusage is not None:
@@ -872,7 +893,24 @@ class Supervisor:
                 "cgroupPeakBytes": self.config.cgroup.peak_bytes(),
             },
             evidence=seen,
+            **artifacts,
         )
+
+    def send_artifacts(self, request: Request) -> dict[str, Any]:
+        """Reads ./artifacts/ (every process of the user's code is gone by now, whatever way
+        it ended) and writes one `CXA1` record per file on stdout, ahead of the report."""
+        limits = request.artifacts
+        if limits is None:
+            return {}
+        got = workfiles.collect(os.getcwd(), limits)
+        for artifact in got.artifacts:
+            line = b"CXA1 " + dumps(artifact.record(request.id)).encode("ascii") + b"\n"
+            _write_all(1, line, timeout_s=60.0)
+        return {
+            "artifacts": [a.listing() for a in got.artifacts],
+            "artifactLimit": got.limit_record(limits),
+            "artifactProblem": got.problem,
+        }
 
     def drain(self) -> None:
         end = _now() + DRAIN_GRACE_S
@@ -982,6 +1020,10 @@ def compact(report: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
     if len(line) <= limit:
         return line
     rep = json.loads(line[5:])  # a deep copy we may cut
+    # The artifacts' bytes travel only on the stream; their listing is the first to go.
+    if isinstance(rep.get("artifactLimit"), dict):
+        rep["artifactLimit"]["skipped"] = []
+    rep.pop("artifacts", None)
     result = rep.get("result")
     returned = isinstance(result, dict) and result.get("kind") == "returned"
     size = len(dumps(result.get("value"))) if returned else 0

@@ -236,12 +236,44 @@ def _read_code(path: str) -> str:
         raise UsageError(f"cannot read {path}: {error}") from error
 
 
+def read_input_files(specs: Sequence[str]) -> list[dict[str, Any]]:
+    """`--file LOCAL[:NAME]`: each local file inline in spec.files, under NAME (default: its
+    base name) in the code's working directory."""
+    from codeexec.client import input_file
+    from codeexec.files import path_problem
+
+    files = []
+    for spec in specs:
+        local, sep, name = spec.partition(":")
+        name = name if sep else Path(local).name
+        problem = path_problem(name)
+        if problem is not None:
+            raise UsageError(f"--file {spec}: {problem}")
+        try:
+            data = Path(local).read_bytes()
+        except OSError as error:
+            raise UsageError(f"cannot read {local}: {error}") from error
+        try:
+            files.append(input_file(name, data.decode("utf-8")))
+        except UnicodeDecodeError:
+            files.append(input_file(name, data))
+    return files
+
+
+async def save_artifacts(cx: Client, done: CodeExecution, directory: str, err: TextIO) -> None:
+    """Writes each artifact of `done` into directory, checked against its SHA-256."""
+    for artifact in cx.artifacts(done):
+        path = await artifact.save(directory)
+        print(f"codeexec: saved {path} ({artifact.size} bytes)", file=err, flush=True)
+
+
 async def run_file(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from codeexec.client import WaitTimeout
     from codeexec.kube.client import CODE_EXECUTIONS
 
     language = infer_language(args.file, args.language)
     arguments = parse_arguments(args.arg or [], args.args_json)
+    files = read_input_files(args.input_files or [])
     code = await asyncio.to_thread(_read_code, args.file)
     if not code.strip():
         raise UsageError(f"{'stdin' if args.file == '-' else args.file} holds no code")
@@ -254,12 +286,16 @@ async def run_file(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             timeout_seconds=args.timeout,
             pool=args.pool,
             labels={"app.kubernetes.io/created-by": "codeexec-cli"},
+            files=files,
         )
         if not args.quiet:
             print(f"codeexec: created {cx.namespace}/{created.name}", file=err, flush=True)
         wait_limit = (args.timeout or created.spec.timeout_seconds) + WAIT_MARGIN_SECONDS
         try:
             done = await cx.wait(created.name, timeout=wait_limit, on_update=progress)
+            if args.artifacts_dir:
+                # Before the resource (and with it the default store's Secret) is deleted.
+                await save_artifacts(cx, done, args.artifacts_dir, err)
             if args.output:
                 body = await cx.kube.get(CODE_EXECUTIONS, created.name, cx.namespace)
                 print(render([body], args.output, single=True), file=out, flush=True)
@@ -310,9 +346,16 @@ async def get_some(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise UsageError("a name cannot be combined with -A (names are per namespace)")
     if names and args.selector:
         raise UsageError("a name cannot be combined with -l")
+    artifacts_dir = getattr(args, "artifacts_dir", None)
+    if artifacts_dir and len(names) != 1:
+        raise UsageError("--artifacts-dir needs exactly one NAME")
     async with _client(args) as cx:
         if names:
             bodies = [await cx.kube.get(CODE_EXECUTIONS, n, cx.namespace) for n in names]
+            if artifacts_dir:
+                from codeexec.api.models import CodeExecution as Execution
+
+                await save_artifacts(cx, Execution.from_body(bodies[0]), artifacts_dir, err)
         else:
             listing = await cx.kube.list(
                 CODE_EXECUTIONS,
@@ -451,6 +494,19 @@ def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse
     run.add_argument("--args-json", metavar="JSON", help="all arguments as one JSON object")
     run.add_argument("--timeout", type=int, metavar="SECONDS", help="spec.timeoutSeconds")
     run.add_argument("--pool", help="the SandboxPool (default: the language's default pool)")
+    run.add_argument(
+        "--file",
+        dest="input_files",
+        action="append",
+        metavar="LOCAL[:NAME]",
+        help="put a local file in the code's working directory (as NAME, default its base "
+        "name); repeatable; see docs/artifacts.md for the limits",
+    )
+    run.add_argument(
+        "--artifacts-dir",
+        metavar="DIR",
+        help="save the files the code wrote to ./artifacts/ into DIR",
+    )
     run.add_argument("--keep", action="store_true", help="keep the CodeExecution afterwards")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     _output_option(run, "print the finished CodeExecution in this format instead of its output")
@@ -460,6 +516,9 @@ def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse
         p = sub.add_parser(name, parents=[common], help=help_text, epilog=EXIT_CODES_HELP)
         if with_names:
             p.add_argument("names", nargs="*", metavar="NAME", help="default: all")
+            p.add_argument(
+                "--artifacts-dir", metavar="DIR", help="with one NAME: save its artifacts into DIR"
+            )
         p.add_argument("-A", "--all-namespaces", action="store_true", help="in every namespace")
         p.add_argument("-l", "--selector", help="label selector")
         _output_option(p, "wide adds pool, pod, node and age; name prints kind/name")

@@ -10,13 +10,79 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import builtins
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from codeexec.api.models import API_VERSION, CodeExecution, Language
+from codeexec.api.models import API_VERSION, ArtifactInfo, CodeExecution, Language
 from codeexec.kube import config
-from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, SECRETS, ApiError, Kube
+
+
+class ArtifactError(Exception):
+    """An artifact cannot be fetched, or its bytes do not match its SHA-256."""
+
+
+@dataclass
+class Artifact:
+    """A file the code left in ./artifacts/: what the status lists, and its bytes on demand."""
+
+    info: ArtifactInfo
+    namespace: str
+    kube: Kube
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def content_type(self) -> str:
+        return self.info.content_type
+
+    @property
+    def sha256(self) -> str:
+        return self.info.sha256
+
+    async def read(self) -> bytes:
+        """The bytes, checked against the SHA-256 the runner computed in the sandbox."""
+        ref = self.info.ref
+        if self.info.store == "secret" and ref.secret and ref.key:
+            body = await self.kube.get(SECRETS, ref.secret, self.namespace)
+            raw = (body.get("data") or {}).get(ref.key)
+            if not isinstance(raw, str):
+                raise ArtifactError(f"{self.name}: key {ref.key} is missing from {ref.secret}")
+            data = base64.b64decode(raw)
+        else:
+            raise ArtifactError(f"{self.name}: unknown store {self.info.store!r}")
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ArtifactError(f"{self.name}: the stored bytes do not match their SHA-256")
+        return data
+
+    async def save(self, directory: str | Path) -> Path:
+        """Writes the bytes to directory/name (the name is a plain file name: never a path)."""
+        name = PurePosixPath(self.name).name
+        if name in ("", ".", "..") or name != self.name:
+            raise ArtifactError(f"refusing to save an artifact named {self.name!r}")
+        target = Path(directory) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(await self.read())
+        return target
+
+
+def input_file(path: str, data: bytes | str) -> dict[str, str]:
+    """A `spec.files` entry with inline content (text as `content`, bytes as `contentB64`)."""
+    if isinstance(data, str):
+        return {"path": path, "content": data}
+    return {"path": path, "contentB64": base64.b64encode(data).decode("ascii")}
 
 
 class WaitTimeout(TimeoutError):
@@ -58,8 +124,11 @@ class Client:
         ttl_seconds_after_finished: int | None = None,
         max_output_bytes: int | None = None,
         labels: dict[str, str] | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {"language": language, "code": code, "arguments": arguments or {}}
+        if files:
+            spec["files"] = files
         optional = {
             "timeoutSeconds": timeout_seconds,
             "pool": pool,
@@ -90,6 +159,12 @@ class Client:
             label_selector=label_selector,
         )
         return [CodeExecution.from_body(item) for item in listing.get("items", [])]
+
+    def artifacts(self, done: CodeExecution) -> builtins.list[Artifact]:
+        """The artifacts a finished execution lists, each readable with read() / save()."""
+        result = done.status.result
+        infos = result.artifacts if result is not None else []
+        return [Artifact(info, done.namespace, self.kube) for info in infos]
 
     async def delete(self, name: str) -> None:
         await self.kube.delete(CODE_EXECUTIONS, name, self.namespace)

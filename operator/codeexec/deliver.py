@@ -22,7 +22,7 @@ from codeexec.kube.attach import (
 )
 from codeexec.kube.client import Kube
 from codeexec.podcache import PodCache
-from codeexec.protocol import Report, ReportReader, Request
+from codeexec.protocol import ArtifactRecord, Report, ReportReader, Request
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Delivery:
 
     report: Report | None
     started: bool
+    # The artifact records that came with the report (empty without one).
+    artifacts: tuple[ArtifactRecord, ...] = ()
 
 
 class NeverSent(Exception):
@@ -52,7 +54,7 @@ class _Exchange:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.reader = ReportReader(request.id)
+        self.reader = ReportReader(request.id, request.max_line_bytes())
         self.sent = False
 
     async def run(self, session: AttachSession, pod: str, *, confirm: bool) -> Report | None:
@@ -112,7 +114,9 @@ async def deliver(
     """
     exchange = _Exchange(request)
     report = await _deliver(kube, cache, namespace, pod, exchange, deadline, held, fresh)
-    return Delivery(report, exchange.reader.started or (report is not None and report.started))
+    started = exchange.reader.started or (report is not None and report.started)
+    artifacts = tuple(exchange.reader.artifacts) if report is not None else ()
+    return Delivery(report, started, artifacts)
 
 
 async def _deliver(

@@ -26,10 +26,13 @@ from pydantic import ValidationError
 
 from codeexec import failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
-from codeexec.api.models import MAX_CODE_BYTES, CodeExecutionSpec, Phase
+from codeexec.api.models import MAX_CODE_BYTES, ArtifactInfo, CodeExecutionSpec, Phase
+from codeexec.artifacts import Owner, Store, listed
+from codeexec.artifacts.secretstore import SecretStore
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
 from codeexec.deliver import NeverSent, deliver
+from codeexec.files import FileProblem, Resolved, resolve, static_problem
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
 from codeexec.kube.events import Recorder
 from codeexec.outcomes import Evidence, Outcome, Reason, classify
@@ -37,7 +40,7 @@ from codeexec.podcache import PodCache
 from codeexec.poddelete import delete_pod
 from codeexec.pool import Pool, PoolManager
 from codeexec.preattach import Preattacher
-from codeexec.protocol import Report, Request, new_request_id
+from codeexec.protocol import ArtifactRecord, Report, Request, new_request_id
 from codeexec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class Runtime:
     broker: Broker
     events: Recorder
     preattach: Preattacher
+    # Where artifacts are kept; None: the default, an owned Secret per execution.
+    artifacts: Store | None = None
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Execution:
     spec: CodeExecutionSpec
     code: str
     status: dict[str, Any] = field(default_factory=dict)
+    files: tuple[Resolved, ...] = ()
 
     @property
     def created_at(self) -> datetime:
@@ -140,12 +146,16 @@ def parse(body: dict[str, Any], seen_at: float | None = None) -> Execution:
     code = decode_code(spec)
     if len(code.encode()) > MAX_CODE_BYTES:
         raise Invalid(f"code is over the {MAX_CODE_BYTES}-byte limit")
+    problem = static_problem(spec.files, meta["namespace"])
+    if problem is not None:
+        raise Invalid(problem)
     return Execution(spec=spec, code=code, **base)
 
 
 class Road:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.store: Store = getattr(rt, "artifacts", None) or SecretStore(rt.kube)
 
     async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -198,6 +208,20 @@ class Road:
                 f"{pool.name}'s maxTimeoutSeconds {pool.spec.max_timeout_seconds}",
             )
             return
+        if ex.spec.files:
+            # Read before any claim: a file that cannot be had means nothing runs.
+            try:
+                ex.files = tuple(
+                    await resolve(
+                        self.rt.kube,
+                        ex.spec.files,
+                        ex.namespace,
+                        secrets_allowed=self.rt.settings.files_from_secrets,
+                    )
+                )
+            except FileProblem as err:
+                await self.finish_early(body, Reason.INVALID_REQUEST, str(err))
+                return
         log.debug("running %s/%s", meta["namespace"], meta["name"])
         await self.run_valid(ex, pool)
 
@@ -406,6 +430,8 @@ class Road:
             timeout_ms=ex.spec.timeout_seconds * 1000,
             max_output_bytes=ex.spec.max_output_bytes or s.max_output_bytes,
             keep_bytes=s.keep_bytes,
+            files=tuple(f.wire() for f in ex.files),
+            artifacts=self.store.limits.wire(),
         )
         deadline = (
             sandbox.claimed_at.timestamp()
@@ -433,7 +459,9 @@ class Road:
         report = delivery.report
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
-            return classify(_with(evidence, report=report)), report, {}
+            outcome = classify(_with(evidence, report=report))
+            outcome, stored = await self.keep_artifacts(ex, outcome, report, delivery.artifacts)
+            return outcome, report, {"artifacts": stored}
         if report is not None and not report.started:
             raise NotStarted(report.protocol_error or "the runner got no request")
         pod = await collect(self.rt.kube, s.sandbox_namespace, sandbox.pod, sandbox.request_id)
@@ -473,6 +501,32 @@ class Road:
             extra["signal"] = pod.terminated.signal
         return outcome, None, extra
 
+    async def keep_artifacts(
+        self,
+        ex: Execution,
+        outcome: Outcome,
+        report: Report,
+        records: tuple[ArtifactRecord, ...],
+    ) -> tuple[Outcome, list[ArtifactInfo]]:
+        """Stores the artifacts the report lists; a store that fails costs the artifacts
+        (said in the message), never the outcome."""
+        kept = listed(list(records), report.artifacts)
+        note = ""
+        if len(kept) < len(report.artifacts):
+            note = f"; {len(report.artifacts) - len(kept)} artifacts did not arrive whole"
+        if report.artifact_problem:
+            note += f"; artifacts: {report.artifact_problem}"
+        stored: list[ArtifactInfo] = []
+        if kept:
+            try:
+                stored = await self.store.put(Owner(ex.namespace, ex.name, ex.uid), kept)
+            except Exception as err:  # any store failure is reported, not raised
+                log.warning("%s: artifacts not stored: %r", ex.ref, err)
+                note += f"; the artifacts could not be stored ({str(err)[:200]})"
+        if note:
+            outcome = Outcome(outcome.reason, outcome.message + note)
+        return outcome, stored
+
     async def finish(
         self,
         ex: Execution,
@@ -483,8 +537,16 @@ class Road:
         exit_code: int | None = None,
         signal: int | None = None,
         sandbox: st.Sandbox | None = None,
+        artifacts: list[ArtifactInfo] | None = None,
     ) -> None:
-        res = st.result(outcome, report, exit_code=exit_code, signal=signal, started=started)
+        res = st.result(
+            outcome,
+            report,
+            exit_code=exit_code,
+            signal=signal,
+            started=started,
+            artifacts=artifacts,
+        )
         body = st.finished(
             outcome, res, created_at=ex.created_at, generation=ex.generation, sandbox=sandbox
         )

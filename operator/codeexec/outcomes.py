@@ -32,6 +32,7 @@ class Reason(StrEnum):
     MEMORY_LIMIT = "MemoryLimit"
     OUTPUT_LIMIT = "OutputLimit"
     PROCESS_LIMIT = "ProcessLimit"
+    ARTIFACT_LIMIT = "ArtifactLimit"
     PERMISSION_DENIED = "PermissionDenied"
     DISALLOWED_SYSCALL = "DisallowedSyscall"
     NETWORK_BLOCKED = "NetworkBlocked"
@@ -66,6 +67,7 @@ SEED: dict[Reason, SeedClass] = {
     Reason.MEMORY_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="memory"),
     Reason.OUTPUT_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="output"),
     Reason.PROCESS_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="processes"),
+    Reason.ARTIFACT_LIMIT: SeedClass("resource_limit_exceeded", resource_limit_type="artifacts"),
     Reason.PERMISSION_DENIED: SeedClass(
         "unauthorized_access", unauthorized_access_type="file_access"
     ),
@@ -161,6 +163,27 @@ def classify(ev: Evidence) -> Outcome:
 
 
 def _from_report(r: Report, ev: Evidence) -> Outcome:
+    outcome = _from_run(r, ev)
+    # A limit on what it left behind matters only to a program that otherwise succeeded: the
+    # way it failed says more than a missing file.
+    if outcome.succeeded and r.artifact_limit is not None:
+        return Outcome(Reason.ARTIFACT_LIMIT, artifact_limit_message(r.artifact_limit))
+    return outcome
+
+
+def artifact_limit_message(limit: dict[str, Any]) -> str:
+    """What the runner's `artifactLimit` record says, in words."""
+    kind = limit.get("kind")
+    what = {
+        "count": f"more than {limit.get('maxFiles')} files",
+        "fileSize": f"a file over {limit.get('maxFileBytes')} bytes",
+        "totalSize": f"more than {limit.get('maxTotalBytes')} bytes in all",
+    }.get(str(kind), "over a limit")
+    skipped = limit.get("skippedCount")
+    return f"the artifacts were {what}; {skipped} left out, the rest kept"
+
+
+def _from_run(r: Report, ev: Evidence) -> Outcome:
     error = r.result if r.result and r.result.get("kind") == "error" else None
     # The supervisor's deadline fired while the program ran: whatever it raised or how it died
     # afterwards (a SIGTERM handler raising MemoryError) is not evidence of anything else.

@@ -6,6 +6,8 @@ so nothing the user's code prints can pass for it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import secrets
@@ -16,6 +18,7 @@ from codeexec import jsonbounds
 
 PROTOCOL = "codeexec.io/runner/v1"
 REPORT_PREFIX = b"CXR1 "
+ARTIFACT_PREFIX = b"CXA1 "
 STARTED_PREFIX = "CXS1 "
 # The supervisor's report holds a return value of at most maxResultBytes (256 KiB, the status
 # cap) plus 64 KiB of record, and two stream heads of keepBytes (64 KiB each, at most 6 bytes
@@ -40,8 +43,23 @@ class Request:
     # can keep is all that is worth sending back.
     max_result_bytes: int = jsonbounds.MAX_RETURN_VALUE_BYTES
     max_result_depth: int = jsonbounds.MAX_RETURN_VALUE_DEPTH
+    # Input files as {path, b64}; the artifact limits ({maxFiles, maxFileBytes,
+    # maxTotalBytes}), without which the runner sends no artifacts.
+    files: tuple[dict[str, str], ...] = ()
+    artifacts: dict[str, int] | None = None
+
+    def max_line_bytes(self) -> int:
+        """The longest line the runner may send for this request: the report, or one
+        artifact record (base64 is 4/3 of the file, plus its envelope)."""
+        per_file = (self.artifacts or {}).get("maxFileBytes", 0)
+        return max(MAX_REPORT_BYTES, per_file * 4 // 3 + 64 * 1024)
 
     def encode(self) -> bytes:
+        extra: dict[str, Any] = {}
+        if self.files:
+            extra["files"] = list(self.files)
+        if self.artifacts is not None:
+            extra["artifacts"] = self.artifacts
         line = json.dumps(
             {
                 "protocol": PROTOCOL,
@@ -54,6 +72,7 @@ class Request:
                 "keepBytes": self.keep_bytes,
                 "maxResultBytes": self.max_result_bytes,
                 "maxResultDepth": self.max_result_depth,
+                **extra,
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -105,6 +124,10 @@ class Report:
     scratch_full: bool = False
     file_at_limit: bool = False
     access_denied: bool = False
+    # The artifacts the runner sent ({name, size, sha256}) and the limit it met, if any.
+    artifacts: tuple[dict[str, Any], ...] = ()
+    artifact_limit: dict[str, Any] | None = None
+    artifact_problem: str | None = None
     compact: bool = False
 
     @classmethod
@@ -136,8 +159,63 @@ class Report:
             scratch_full=seen.get("scratchFull") is True,
             file_at_limit=seen.get("fileAtLimit") is True,
             access_denied=seen.get("accessDenied") is True,
+            artifacts=_listing(doc.get("artifacts")),
+            artifact_limit=doc.get("artifactLimit")
+            if isinstance(doc.get("artifactLimit"), dict)
+            else None,
+            artifact_problem=str(doc["artifactProblem"])[:500]
+            if doc.get("artifactProblem")
+            else None,
             compact=compact,
         )
+
+
+def _listing(raw: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for item in raw[:1000]:
+        if (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and isinstance(item.get("sha256"), str)
+            and _int_or_none(item.get("size")) is not None
+        ):
+            out.append({"name": item["name"], "size": item["size"], "sha256": item["sha256"]})
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One file the runner read from ./artifacts/, as it arrived on the stream."""
+
+    name: str
+    data: bytes
+    sha256: str
+
+
+def parse_artifact_line(line: bytes, request_id: str) -> ArtifactRecord | None:
+    """A `CXA1 {...}` line for our request whose bytes match its digest, else None."""
+    line = line.strip()
+    if not line.startswith(ARTIFACT_PREFIX):
+        return None
+    try:
+        doc = json.loads(line[len(ARTIFACT_PREFIX) :])
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("id") != request_id:
+        return None
+    name, b64 = doc.get("name"), doc.get("b64")
+    if not isinstance(name, str) or not isinstance(b64, str):
+        return None
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != doc.get("sha256"):
+        return None
+    return ArtifactRecord(name=name, data=data, sha256=digest)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -165,16 +243,18 @@ def parse_report_line(line: bytes, request_id: str, *, compact: bool = False) ->
 class ReportReader:
     """Feeds stdout chunks from the attach stream; yields the report once its line completes."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, max_line_bytes: int = MAX_REPORT_BYTES) -> None:
         self.request_id = request_id
         self.started = False
+        self.artifacts: list[ArtifactRecord] = []
         self._started_line = started_line(request_id)
+        self._max_line = max_line_bytes
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> Report | None:
         self._buffer += chunk
         if b"\n" not in chunk:
-            if len(self._buffer) > MAX_REPORT_BYTES:
+            if len(self._buffer) > self._max_line:
                 # Only the supervisor writes here and its line is bounded; drop runaway garbage.
                 self._buffer.clear()
             return None
@@ -183,6 +263,11 @@ class ReportReader:
         for line in lines:
             if line.strip() == self._started_line:
                 self.started = True
+                continue
+            if line.startswith(ARTIFACT_PREFIX):
+                record = parse_artifact_line(line, self.request_id)
+                if record is not None:
+                    self.artifacts.append(record)
                 continue
             report = parse_report_line(line, self.request_id)
             if report is not None:

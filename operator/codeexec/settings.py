@@ -31,6 +31,10 @@ class Settings:
     max_attempts: int = field(default_factory=lambda: int(_env("MAX_ATTEMPTS", "3")))
     # Extra time the operator waits beyond the timeout before it gives up on the runner.
     grace_seconds: float = field(default_factory=lambda: float(_env("GRACE_SECONDS", "15")))
+    # Whether spec.files may name Secrets (each must also be labelled codeexec.io/input-file).
+    files_from_secrets: bool = field(
+        default_factory=lambda: _env("FILES_FROM_SECRETS", "false").lower() == "true"
+    )
     metrics_port: int = field(default_factory=lambda: int(_env("METRICS_PORT", "8080")))
     leader_election: bool = field(
         default_factory=lambda: _env("LEADER_ELECTION", "false").lower() == "true"

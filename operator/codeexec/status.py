@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from codeexec import jsonbounds
-from codeexec.api.models import ErrorInfo, ExecutionResult, Phase, ValueOmitted
+from codeexec.api.models import ArtifactInfo, ErrorInfo, ExecutionResult, Phase, ValueOmitted
 from codeexec.outcomes import Outcome, Reason, signal_name
 from codeexec.protocol import Report, public_id
 
@@ -177,6 +177,7 @@ def result(
     exit_code: int | None = None,
     signal: int | None = None,
     started: bool | None = None,
+    artifacts: list[ArtifactInfo] | None = None,
 ) -> ExecutionResult:
     seed = outcome.seed
     res = ExecutionResult(
@@ -203,6 +204,13 @@ def result(
     res.wall_ms, res.cpu_ms = report.wall_ms, report.cpu_ms
     peak = report.cgroup_peak_bytes or (report.max_rss_kb * 1024 if report.max_rss_kb else None)
     res.peak_memory_bytes = peak
+    res.artifacts = list(artifacts or [])
+    if report.artifact_limit is not None:
+        skipped = report.artifact_limit.get("skipped")
+        names = skipped[:50] if isinstance(skipped, list) else []
+        res.artifacts_skipped = [str(n)[:255] for n in names]
+        count = report.artifact_limit.get("skippedCount")
+        res.artifacts_skipped_count = count if isinstance(count, int) else None
     if report.result and report.result.get("kind") == "returned":
         _return_value(res, report.result)
     return res

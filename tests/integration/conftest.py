@@ -66,6 +66,8 @@ class OperatorProcess:
             "CODEEXEC_POOL_SELECTOR": f"{INSTANCE_LABEL}={INSTANCE}",
             # Only this suite's namespaces: other installations may share the cluster.
             "CODEEXEC_NAMESPACES": "e2e-*,outcomes-*",
+            # spec.files may name Secrets labelled codeexec.io/input-file (test_files_artifacts).
+            "CODEEXEC_FILES_FROM_SECRETS": "true",
         }
         log = self.log_path.open("ab")
         log.write(f"\n=== operator start failpoints={failpoints!r} ===\n".encode())

@@ -35,6 +35,7 @@ RUNNER_FILES = (
     "runner/supervisor.py",
     "runner/confine.py",
     "runner/evidence.py",
+    "runner/workfiles.py",
     "python/worker.py",
     "nodejs/worker.js",
 )

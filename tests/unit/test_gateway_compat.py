@@ -198,6 +198,24 @@ CASES = [
         },
     ),
     Case(
+        "artifact-limit",
+        Reason.ARTIFACT_LIMIT,
+        run(
+            exit_code=0,
+            stdout="done",
+            result={"kind": "returned", "value": 1},
+            artifactLimit={"kind": "count", "skipped": ["x"], "skippedCount": 1, "maxFiles": 10},
+        ),
+        {
+            "status": "resource_limit_exceeded",
+            "detail": "artifact_limit",
+            "exit_code": -413,
+            "stdout": "",
+        },
+        message="the artifacts were more than 10 files; 1 left out, the rest kept",
+        stderr_has=["more than 10 files"],
+    ),
+    Case(
         "process-limit",
         Reason.PROCESS_LIMIT,
         run(

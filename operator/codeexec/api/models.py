@@ -42,6 +42,25 @@ class _Model(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class KeyRef(_Model):
+    """A key of a ConfigMap or Secret in the execution's own namespace. `namespace` exists
+    only so that naming another namespace is refused loudly (InvalidRequest), not dropped."""
+
+    name: str
+    key: str
+    namespace: str | None = None
+
+
+class InputFile(_Model):
+    """A file placed in the code's working directory before main runs: one source of four."""
+
+    path: str
+    content: str | None = None
+    content_b64: str | None = Field(default=None, alias="contentB64")
+    config_map_key_ref: KeyRef | None = Field(default=None, alias="configMapKeyRef")
+    secret_key_ref: KeyRef | None = Field(default=None, alias="secretKeyRef")
+
+
 class CodeExecutionSpec(_Model):
     language: Language
     code: str | None = None
@@ -51,6 +70,7 @@ class CodeExecutionSpec(_Model):
     pool: str | None = None
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     max_output_bytes: int | None = Field(default=None, ge=1024)
+    files: list[InputFile] = Field(default_factory=list)
 
 
 class ErrorInfo(_Model):
@@ -69,6 +89,27 @@ class ValueOmitted(StrEnum):
     TOO_DEEP = "TooDeep"  # nested more than 64 levels
     NOT_REPORTED = "NotReported"  # the report that reached the operator did not carry it
     NOT_STORABLE = "NotStorable"  # the API server refused the status that held it
+
+
+class ArtifactRef(_Model):
+    """Where an artifact's bytes are kept: a key of an owned Secret, or an S3 object."""
+
+    secret: str | None = None
+    key: str | None = None
+    bucket: str | None = None
+    object: str | None = None
+    endpoint: str | None = None
+
+
+class ArtifactInfo(_Model):
+    """One file the code left in ./artifacts/ (never its bytes)."""
+
+    name: str
+    size: int
+    content_type: str = "application/octet-stream"
+    sha256: str
+    store: str
+    ref: ArtifactRef
 
 
 class ExecutionResult(_Model):
@@ -100,6 +141,10 @@ class ExecutionResult(_Model):
     wall_ms: float | None = None
     cpu_ms: float | None = None
     peak_memory_bytes: int | None = None
+    artifacts: list[ArtifactInfo] = Field(default_factory=list)
+    # Files left out by an artifact limit (the first names) and how many.
+    artifacts_skipped: list[str] = Field(default_factory=list)
+    artifacts_skipped_count: int | None = None
 
     def why_not_stored(self) -> str:
         """Why the return value is not here, for people ('' when it is)."""

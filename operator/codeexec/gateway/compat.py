@@ -43,6 +43,9 @@ EXIT_INTERNAL = -3
 # The original never reported an output limit. -153 follows the derivation of -137
 # (minus the shell's 128 + signal): SIGXFSZ (25) is the kernel's signal for a size limit.
 EXIT_OUTPUT = -153
+# The original left files over its limits out silently. -413 is HTTP's "content too large",
+# after the original's own -429 for "too many requests".
+EXIT_ARTIFACT_LIMIT = -413
 
 TOO_MANY_REQUESTS = "Too many requests, please try again later"
 CODE_IS_UNSAFE = "Code is unsafe"
@@ -51,6 +54,7 @@ INTERNAL_ERROR = "internal_error"
 UNHANDLED_EXCEPTION = "unhandled_exception"
 CANCELLED = "cancelled"
 PROCESS_LIMIT = "process_limit"
+ARTIFACT_LIMIT = "artifact_limit"
 
 # What the original wrote to stderr for the outcomes it detected itself.
 _RUNNER_WORDS: dict[Reason, str] = {
@@ -63,6 +67,7 @@ _RUNNER_EXIT: dict[Reason, int] = {
     Reason.WALL_TIMEOUT: EXIT_TIMEOUT,
     Reason.MEMORY_LIMIT: EXIT_MEMORY,
     Reason.OUTPUT_LIMIT: EXIT_OUTPUT,
+    Reason.ARTIFACT_LIMIT: EXIT_ARTIFACT_LIMIT,
     Reason.POOL_EXHAUSTED: EXIT_POOL_BUSY,
     Reason.SANDBOX_ERROR: EXIT_INTERNAL,
     Reason.INVALID_REQUEST: EXIT_REJECTED,
@@ -169,6 +174,8 @@ def from_execution(done: CodeExecution, *, keep_failure_stdout: bool = False) ->
     if res.resource_limit_type == "processes":
         # The original had no word for it: keep the class, say which limit in `detail`.
         detail = detail or PROCESS_LIMIT
+    if res.resource_limit_type == "artifacts":
+        detail = detail or ARTIFACT_LIMIT
     return OriginalResult(
         status=status,
         # The original emptied stdout on every failure; its clients take a non-empty stdout

@@ -80,6 +80,8 @@ EVENTS = Resource("", "v1", "events")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
+SECRETS = Resource("", "v1", "secrets")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
 CODE_EXECUTIONS = Resource("codeexec.io", "v1alpha1", "codeexecutions")
 SANDBOX_POOLS = Resource("codeexec.io", "v1alpha1", "sandboxpools", namespaced=False)
 

@@ -1,0 +1,281 @@
+"""Files in, artifacts out (issue 12), on the real cluster with the real operator and images.
+
+One matplotlib chart is made once per store and checked byte for byte (SHA-256) through every
+way out: the status listing, the store itself, the Python client and the CLI. The limits runs
+share one namespace; each must end ArtifactLimit and keep what fits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.fixtures import Cluster
+
+from codeexec.api.models import CodeExecution
+from codeexec.client import Client, input_file
+from codeexec.kube.client import SECRETS, ApiError
+
+pytestmark = pytest.mark.cluster
+
+WAIT = 120.0  # a bound against hangs: a terminal status comes in seconds
+
+CHART = """
+import hashlib
+import matplotlib.pyplot as plt
+
+def main(title):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([1, 2, 3, 4], [10, 20, 25, 30])
+    ax.set_title(title)
+    fig.savefig("artifacts/plot.png", dpi=50, metadata={"Software": None})
+    plt.close(fig)
+    with open("artifacts/plot.png", "rb") as f:
+        return {"sha256": hashlib.sha256(f.read()).hexdigest()}
+"""
+
+
+async def _run(cx: Client, code: str, **kwargs: Any) -> CodeExecution:
+    return await cx.run(code, wait_timeout=WAIT, **kwargs)
+
+
+def _failed_before_running(done: CodeExecution) -> None:
+    assert done.status.reason == "InvalidRequest", done.status
+    assert done.status.result is not None and done.status.result.started is False
+    assert done.status.sandbox is None or done.status.sandbox.pod is None
+
+
+async def test_input_csv_and_configmap_file_are_computed_together(
+    cx: Client, cluster: Cluster, namespace: str
+) -> None:
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "rates", "namespace": namespace},
+            "data": {"rates.json": json.dumps({"a": 2, "b": 10})},
+        }
+    )
+    code = (
+        "import csv, json\n"
+        "def main():\n"
+        "    rates = json.load(open('conf/rates.json'))\n"
+        "    rows = list(csv.DictReader(open('data.csv')))\n"
+        "    return sum(int(r['n']) * rates[r['k']] for r in rows)\n"
+    )
+    files = [
+        input_file("data.csv", "k,n\na,3\nb,4\n"),
+        {"path": "conf/rates.json", "configMapKeyRef": {"name": "rates", "key": "rates.json"}},
+    ]
+    done = await _run(cx, code, files=files)
+    assert done.status.reason == "Succeeded", done.status
+    assert done.status.result is not None and done.status.result.return_value == 46
+
+
+async def test_an_escaping_path_is_refused_and_nothing_runs(
+    cx: Client, cluster: Cluster, namespace: str
+) -> None:
+    """At admission (CEL) for the CRD, and by the operator for what admission cannot see."""
+    code = "def main():\n    open('/tmp/ran', 'w')\n"
+    for bad in ("../escape.txt", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ApiError) as refused:
+            await cx.submit(code, files=[input_file(bad, "x")])
+        assert refused.value.status == 422, bad
+    # A path admission lets through but the operator refuses: artifacts/ is for output.
+    done = await _run(cx, code, files=[input_file("artifacts/in.txt", "x")])
+    _failed_before_running(done)
+
+
+async def test_a_secret_of_another_namespace_is_refused_and_nothing_runs(
+    cx: Client, cluster: Cluster, namespace: str
+) -> None:
+    """caught: without the namespace check in files.static_problem, this read the own
+    namespace's Secret of that name and ran the code."""
+    other = f"{namespace}-other"[:63]
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    try:
+        for ns in (other, namespace):
+            cluster.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {
+                        "name": "token",
+                        "namespace": ns,
+                        "labels": {"codeexec.io/input-file": "true"},
+                    },
+                    "stringData": {"value": f"secret of {ns}"},
+                }
+            )
+        code = "def main():\n    return open('token.txt').read()\n"
+        ref = {"name": "token", "key": "value", "namespace": other}
+        done = await _run(cx, code, files=[{"path": "token.txt", "secretKeyRef": ref}])
+        _failed_before_running(done)
+        assert "only this execution's namespace" in (done.status.message or "")
+        # Its own namespace's Secret (labelled as an input) is readable.
+        own = {"name": "token", "key": "value"}
+        done = await _run(cx, code, files=[{"path": "token.txt", "secretKeyRef": own}])
+        assert done.status.result is not None
+        assert done.status.result.return_value == f"secret of {namespace}"
+    finally:
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+async def test_a_chart_comes_back_byte_identical_from_the_default_store(
+    cx: Client, cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    done = await _run(cx, CHART, arguments={"title": "default store"}, ttl_seconds_after_finished=5)
+    assert done.status.reason == "Succeeded", done.status
+    res = done.status.result
+    assert res is not None
+    made_in_sandbox = res.return_value["sha256"]
+    [info] = res.artifacts
+    assert (info.name, info.content_type, info.store) == ("plot.png", "image/png", "secret")
+    assert info.sha256 == made_in_sandbox
+    # The status names where the bytes are, never holds them.
+    assert "b64" not in json.dumps(res.dump())
+    # The store itself: an owned Secret.
+    secret = await cx.kube.get(SECRETS, info.ref.secret or "", namespace)
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"]) == ("CodeExecution", done.uid)
+    raw = base64.b64decode(secret["data"][info.ref.key])
+    assert hashlib.sha256(raw).hexdigest() == made_in_sandbox
+    assert raw.startswith(b"\x89PNG")
+    # The Python client.
+    [artifact] = cx.artifacts(done)
+    assert hashlib.sha256(await artifact.read()).hexdigest() == made_in_sandbox
+    saved = await artifact.save(tmp_path / "client")
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == made_in_sandbox
+    # The CLI, on the finished execution.
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    out = tmp_path / "cli-get"
+    await _cli(env, "get", done.name, "-n", namespace, "--artifacts-dir", str(out))
+    assert hashlib.sha256((out / "plot.png").read_bytes()).hexdigest() == made_in_sandbox
+    # `codeexec run` with an input file, saving what came back.
+    script = tmp_path / "chart.py"
+    script.write_text(
+        CHART.replace("def main(title):", "def main():\n    title = open('t.txt').read()")
+    )
+    (tmp_path / "title.txt").write_text("from the CLI")
+    out = tmp_path / "cli-run"
+    printed = await _cli(
+        env,
+        "run",
+        str(script),
+        "-n",
+        namespace,
+        "-q",
+        "--file",
+        f"{tmp_path / 'title.txt'}:t.txt",
+        "--artifacts-dir",
+        str(out),
+        "-o",
+        "json",
+    )
+    returned = json.loads(printed)["status"]["result"]["returnValue"]
+    assert hashlib.sha256((out / "plot.png").read_bytes()).hexdigest() == returned["sha256"]
+    # Its TTL deletes the execution, and the garbage collector its Secret.
+    name = info.ref.secret or ""
+
+    async def secret_gone() -> bool:
+        try:
+            await cx.kube.get(SECRETS, name, namespace)
+        except ApiError as err:
+            return err.not_found
+        return False
+
+    await _await(secret_gone, "the artifact Secret to be garbage-collected after the TTL")
+
+
+async def _cli(env: dict[str, str], *argv: str) -> str:
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "codeexec",
+        *argv,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, (argv, out, err)
+    return out.decode()
+
+
+async def _await(check: Any, what: str) -> None:
+    import asyncio
+    import time
+
+    end = time.monotonic() + WAIT
+    while not await check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+LIMITS_CODE = """
+import os
+def main(case):
+    if case == "many":
+        for i in range(12):
+            open(f"artifacts/f{i:02d}.txt", "w").write(str(i))
+    elif case == "big":
+        open("artifacts/a-big.bin", "wb").write(os.urandom(800 * 1024))
+        open("artifacts/b-small.txt", "w").write("fits")
+    elif case == "total":
+        open("artifacts/a.bin", "wb").write(os.urandom(500 * 1024))
+        open("artifacts/b.bin", "wb").write(os.urandom(500 * 1024))
+        open("artifacts/c.txt", "w").write("fits")
+    return case
+"""
+
+
+async def test_each_artifact_limit_ends_artifactlimit_keeping_what_fits(
+    cx: Client, namespace: str
+) -> None:
+    import asyncio
+
+    runs = await asyncio.gather(
+        *(_run(cx, LIMITS_CODE, arguments={"case": c}) for c in ("many", "big", "total"))
+    )
+    expected = {
+        "many": ([f"f{i:02d}.txt" for i in range(10)], ["f10.txt", "f11.txt"]),
+        "big": (["b-small.txt"], ["a-big.bin"]),
+        "total": (["a.bin", "c.txt"], ["b.bin"]),
+    }
+    for done in runs:
+        res = done.status.result
+        assert res is not None
+        kept, skipped = expected[res.return_value]
+        assert done.status.reason == "ArtifactLimit", done.status
+        assert res.status == "resource_limit_exceeded" and res.resource_limit_type == "artifacts"
+        assert [a.name for a in res.artifacts] == kept
+        assert res.artifacts_skipped == skipped
+        for artifact in cx.artifacts(done):
+            assert len(await artifact.read()) == artifact.size
+    # The next execution is unharmed.
+    after = await _run(cx, "def main():\n    return 'fine'\n")
+    assert after.status.reason == "Succeeded"
+
+
+async def test_deleting_the_execution_deletes_its_artifacts(cx: Client, namespace: str) -> None:
+    done = await _run(cx, CHART, arguments={"title": "deleted"})
+    [info] = done.status.result.artifacts if done.status.result else []
+    await cx.delete(done.name)
+
+    async def gone() -> bool:
+        try:
+            await cx.kube.get(SECRETS, info.ref.secret or "", namespace)
+        except ApiError as err:
+            return err.not_found
+        return False
+
+    await _await(gone, "the artifact Secret to be garbage-collected")
