@@ -293,3 +293,20 @@ def test_loading_inside_a_running_loop_works() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         conn = asyncio.run(inside(Path(tmp)))
     assert conn is not None and conn.bearer() == "tok"
+
+
+async def test_kopf_is_handed_a_session_like_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kopf's own requests (its watches) carry our User-Agent and the same credential."""
+    from codeexec import handlers
+
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "k", user={"token": "t"})))
+    context = await handlers.login()
+    session = context.aiohttp_session
+    try:
+        assert session.headers["User-Agent"] == user_agent("operator")
+        assert session.headers["Authorization"] == "Bearer t"
+        assert context.server == "http://127.0.0.1:1"
+    finally:
+        await session.close()
