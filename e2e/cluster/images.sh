@@ -208,14 +208,16 @@ export_archive() {
   local name="$1" id="$2" short archive
   short="$(short_name "$name")"
   archive="$ARCHIVE_DIR/$short.tar"
-  if [[ -s "$archive" && "$(cat "$archive.id" 2>/dev/null)" == "$id" ]]; then
+  # Keyed by ID and name: the archive names its image, and one ID may carry several tags
+  # (IMAGE_TAG=x of unchanged inputs is the `dev` image under another name).
+  if [[ -s "$archive" && "$(cat "$archive.id" 2>/dev/null)" == "$id $name" ]]; then
     printf '%s\n' "$archive"
     return
   fi
   rm -f "$archive" "$archive.id" "$archive.tmp"
   buildah push --quiet "$name" "oci-archive:$archive.tmp:$name" >/dev/null
   mv "$archive.tmp" "$archive"
-  printf '%s\n' "$id" >"$archive.id"
+  printf '%s %s\n' "$id" "$name" >"$archive.id"
   printf '%s\n' "$archive"
 }
 
