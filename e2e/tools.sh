@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the chart tooling (helm) and the test bed's tools (tinyproxy) into ~/.cache/codeexec/bin/helm-$HELM_VERSION/, built
+# Installs the chart tooling (helm) and the test bed's tools (tinyproxy, versitygw) into ~/.cache/codeexec/bin/helm-$HELM_VERSION/, built
 # from the Go module proxy: no Docker, no downloads from GitHub releases. Idempotent: a
 # second run only prints the path. Prints the helm binary's path on stdout (logs on stderr).
 #   bash e2e/tools.sh            -> /root/.cache/codeexec/bin/helm-v3.22.0/helm
@@ -29,6 +29,20 @@ if [[ ! -x "$HELM_DIR/helm" ]]; then
   rm -rf "$HELM_DIR"
   mv "$HELM_DIR.tmp" "$HELM_DIR"
   log "built $("$HELM_DIR/helm" version --short)"
+fi
+# versitygw (Apache-2.0): a real S3-compatible server with a plain-directory (posix) backend,
+# for the S3 artifact store (tests/integration/test_files_artifacts.py starts its own
+# instance on 127.0.0.1). Built from the Go module proxy like helm.
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.8.0}"
+VERSITYGW_DIR="$CODEEXEC_CACHE/bin/versitygw-$VERSITYGW_VERSION"
+if [[ ! -x "$VERSITYGW_DIR/versitygw" ]]; then
+  log "building versitygw $VERSITYGW_VERSION from the Go module proxy into $VERSITYGW_DIR"
+  rm -rf "$VERSITYGW_DIR.tmp"
+  mkdir -p "$VERSITYGW_DIR.tmp"
+  CGO_ENABLED=0 GOBIN="$VERSITYGW_DIR.tmp" GOFLAGS=-buildvcs=false go install -trimpath \
+    -ldflags "-s -w" "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
+  rm -rf "$VERSITYGW_DIR"
+  mv "$VERSITYGW_DIR.tmp" "$VERSITYGW_DIR"
 fi
 # tinyproxy: a real HTTP CONNECT proxy for the kubeconfig proxy-url test
 # (tests/integration/test_kubeconfigs.py), from Debian's archive. The test starts its own

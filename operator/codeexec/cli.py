@@ -467,6 +467,17 @@ def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse
 
         gateway_app.add_arguments(gw)
         gw.set_defaults(func=gateway_app.main)
+    mcp = sub.add_parser(
+        "mcp",
+        parents=[common],
+        help="serve the run_python / run_nodejs tools over the Model Context Protocol",
+        description="An MCP server (stdio, or streamable HTTP) whose tools run code as "
+        "CodeExecutions in the namespace; see docs/mcp.md. Needs the `mcp` extra.",
+    )
+    from codeexec import mcpserver
+
+    mcpserver.add_arguments(mcp)
+    mcp.set_defaults(func=mcpserver.main)
 
     run = sub.add_parser(
         "run",

@@ -52,6 +52,7 @@ class Executions:
                 task.cancel()
             self.janitor.forget(uid)
             self._release(uid)
+            self._spawn(self._forget_artifacts(body), f"artifacts/{uid}")
             return
         if body["metadata"].get("deletionTimestamp"):
             return
@@ -101,6 +102,18 @@ class Executions:
         self._finished[uid] = None
         while len(self._finished) > 10_000:
             self._finished.pop(next(iter(self._finished)))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _forget_artifacts(self, body: dict[str, Any]) -> None:
+        """The S3 objects of a deleted execution go with it (Secrets go by ownership)."""
+        try:
+            await self.road.stores.forget(body, self.rt.pools.pools)
+        except Exception as err:  # a store that is down leaves objects, never the operator
+            log.warning("artifacts of %s not deleted: %r", body["metadata"].get("name"), err)
 
     async def _reload(self, body: dict[str, Any]) -> dict[str, Any] | None:
         meta = body["metadata"]

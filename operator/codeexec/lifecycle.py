@@ -28,7 +28,7 @@ from codeexec import failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, ArtifactInfo, CodeExecutionSpec, Phase
 from codeexec.artifacts import Owner, Store, listed
-from codeexec.artifacts.secretstore import SecretStore
+from codeexec.artifacts.stores import Stores
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
 from codeexec.deliver import NeverSent, deliver
@@ -67,8 +67,8 @@ class Runtime:
     broker: Broker
     events: Recorder
     preattach: Preattacher
-    # Where artifacts are kept; None: the default, an owned Secret per execution.
-    artifacts: Store | None = None
+    # Which store keeps a pool's artifacts (made on first use when not given).
+    stores: Stores | None = None
 
 
 @dataclass
@@ -155,7 +155,12 @@ def parse(body: dict[str, Any], seen_at: float | None = None) -> Execution:
 class Road:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.store: Store = getattr(rt, "artifacts", None) or SecretStore(rt.kube)
+
+    @property
+    def stores(self) -> Stores:
+        if self.rt.stores is None:
+            self.rt.stores = Stores(self.rt.kube, self.rt.settings.sandbox_namespace)
+        return self.rt.stores
 
     async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -422,6 +427,7 @@ class Road:
         self, ex: Execution, pool: Pool, sandbox: st.Sandbox, *, fresh: bool
     ) -> tuple[Outcome, Report | None, dict[str, Any]]:
         s = self.rt.settings
+        store = await self.stores.for_pool(pool)
         request = Request(
             id=sandbox.request_id,
             language=ex.spec.language,
@@ -431,7 +437,7 @@ class Road:
             max_output_bytes=ex.spec.max_output_bytes or s.max_output_bytes,
             keep_bytes=s.keep_bytes,
             files=tuple(f.wire() for f in ex.files),
-            artifacts=self.store.limits.wire(),
+            artifacts=store.limits.wire(),
         )
         deadline = (
             sandbox.claimed_at.timestamp()
@@ -460,7 +466,9 @@ class Road:
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
             outcome = classify(_with(evidence, report=report))
-            outcome, stored = await self.keep_artifacts(ex, outcome, report, delivery.artifacts)
+            outcome, stored = await self.keep_artifacts(
+                ex, store, outcome, report, delivery.artifacts
+            )
             return outcome, report, {"artifacts": stored}
         if report is not None and not report.started:
             raise NotStarted(report.protocol_error or "the runner got no request")
@@ -504,6 +512,7 @@ class Road:
     async def keep_artifacts(
         self,
         ex: Execution,
+        store: Store,
         outcome: Outcome,
         report: Report,
         records: tuple[ArtifactRecord, ...],
@@ -519,7 +528,7 @@ class Road:
         stored: list[ArtifactInfo] = []
         if kept:
             try:
-                stored = await self.store.put(Owner(ex.namespace, ex.name, ex.uid), kept)
+                stored = await store.put(Owner(ex.namespace, ex.name, ex.uid), kept)
             except Exception as err:  # any store failure is reported, not raised
                 log.warning("%s: artifacts not stored: %r", ex.ref, err)
                 note += f"; the artifacts could not be stored ({str(err)[:200]})"

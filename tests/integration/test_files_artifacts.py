@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,136 @@ async def test_deleting_the_execution_deletes_its_artifacts(cx: Client, namespac
         return False
 
     await _await(gone, "the artifact Secret to be garbage-collected")
+
+
+# ---- the S3 store, against a real S3-compatible server (versitygw, posix backend) ----------
+
+VERSITYGW = Path.home() / ".cache" / "codeexec" / "bin" / "versitygw-v1.8.0" / "versitygw"
+S3_BUCKET = "codeexec-artifacts"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """versitygw on 127.0.0.1 only, storing objects as files in a temporary directory."""
+    import secrets as _secrets
+    import time
+
+    if not VERSITYGW.exists():
+        pytest.fail(f"{VERSITYGW} is missing: run `make tools` (e2e/tools.sh builds it)")
+    root = tmp_path_factory.mktemp("s3")
+    port = _free_port()
+    access, secret = "codeexec-test", _secrets.token_hex(16)
+    proc = subprocess.Popen(
+        [
+            str(VERSITYGW),
+            "--access",
+            access,
+            "--secret",
+            secret,
+            "--quiet",
+            "--port",
+            f"127.0.0.1:{port}",
+            "posix",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import socket
+
+        end = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise RuntimeError("versitygw did not start") from None
+                time.sleep(0.1)
+        yield {"endpoint": f"http://127.0.0.1:{port}", "access": access, "secret": secret}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def s3_pool(s3_server: dict[str, str], installed: Cluster, operator: Any) -> Any:
+    """A one-pod Python pool whose artifacts go to the bucket; its credentials are a Secret
+    in the sandbox namespace."""
+    import asyncio as _asyncio
+
+    from codeexec.artifacts.s3 import S3, Credentials
+
+    from .conftest import SANDBOX_NS, pool_manifest, wait_pool_full
+
+    client = S3(
+        s3_server["endpoint"], S3_BUCKET, Credentials(s3_server["access"], s3_server["secret"])
+    )
+    _asyncio.run(client.create_bucket())
+    installed.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "artifacts-s3", "namespace": SANDBOX_NS},
+            "stringData": {
+                "accessKeyId": s3_server["access"],
+                "secretAccessKey": s3_server["secret"],
+            },
+        }
+    )
+    name = "python-s3"
+    installed.apply(
+        pool_manifest(
+            name,
+            "python",
+            size=1,
+            artifacts={
+                "s3": {
+                    "endpoint": s3_server["endpoint"],
+                    "bucket": S3_BUCKET,
+                    "credentialsSecret": "artifacts-s3",
+                }
+            },
+        )
+    )
+    wait_pool_full(installed, name, 1)
+    yield name, client
+    installed.kubectl("delete", "sandboxpool", name, "--wait=false", check=False)
+
+
+async def test_a_chart_comes_back_byte_identical_from_the_s3_store_and_goes_with_its_execution(
+    cx: Client, s3_pool: Any, namespace: str
+) -> None:
+    """One chart with a TTL and one deleted by hand: both leave nothing in the bucket."""
+    import asyncio
+
+    pool, s3 = s3_pool
+    kept, ttl = await asyncio.gather(
+        _run(cx, CHART, arguments={"title": "s3"}, pool=pool),
+        _run(cx, CHART, arguments={"title": "s3 ttl"}, pool=pool, ttl_seconds_after_finished=3),
+    )
+    for done in (kept, ttl):
+        assert done.status.reason == "Succeeded", done.status
+        res = done.status.result
+        assert res is not None
+        [info] = res.artifacts
+        assert (info.store, info.ref.bucket, info.name) == ("s3", S3_BUCKET, "plot.png")
+        data = await s3.get(info.ref.object or "")
+        assert hashlib.sha256(data).hexdigest() == info.sha256 == res.return_value["sha256"]
+    await cx.delete(kept.name)
+    for done in (kept, ttl):
+        folder = f"codeexec/{namespace}/{done.uid}/"
+
+        async def emptied(folder: str = folder) -> bool:
+            return await s3.list(folder) == []
+
+        await _await(emptied, f"the objects under {folder} to be deleted")

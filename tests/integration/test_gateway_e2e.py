@@ -109,7 +109,8 @@ async def eventually(
 
 
 def assert_original_shape(body: dict[str, Any]) -> None:
-    assert list(body) == ORIGINAL_FIELDS, body
+    # The original's fields in its order, then a current RAGFlow's (artifacts, result).
+    assert list(body) == [*ORIGINAL_FIELDS, "artifacts", "result"], body
 
 
 # ---- 1. the original's usage example, field for field ---------------------------------------
@@ -133,6 +134,8 @@ async def test_original_usage_example_field_for_field(
         "resource_limit_type": None,
         "unauthorized_access_type": None,
         "runtime_error_type": None,
+        "artifacts": [],
+        "result": {"present": True, "value": 10, "type": "json"},
     }
     assert isinstance(body["time_used_ms"], int | float) and body["time_used_ms"] > 0
     assert body["memory_used_kb"] is None or body["memory_used_kb"] > 0
@@ -337,6 +340,8 @@ async def test_static_check_refuses_as_the_original(
         "resource_limit_type": None,
         "unauthorized_access_type": None,
         "runtime_error_type": None,
+        "artifacts": [],
+        "result": None,
     }
     assert ok_status == 200 and ok["status"] == "success" and ok["stdout"] == "10\n"
 
@@ -395,7 +400,11 @@ async def test_requests_beyond_the_limit_get_too_many_requests_at_once(
     operator: OperatorProcess, cluster: Cluster, namespace: str
 ) -> None:
     slow = "import time\ndef main():\n    time.sleep(15)\n    return 'slow'\n"
-    async with start_gateway(cluster, namespace, max_concurrency=2, timeout_seconds=60) as gw:
+    # busy_status=200: the original's answer, kept for its clients (a current RAGFlow's 429 is
+    # the default, tested in test_gateway_ragflow.py).
+    async with start_gateway(
+        cluster, namespace, max_concurrency=2, timeout_seconds=60, busy_status=200
+    ) as gw:
         running = [asyncio.create_task(gw.run(slow)) for _ in range(2)]
 
         async def both_admitted() -> bool:
@@ -418,6 +427,8 @@ async def test_requests_beyond_the_limit_get_too_many_requests_at_once(
             "resource_limit_type": None,
             "unauthorized_access_type": None,
             "runtime_error_type": None,
+            "artifacts": [],
+            "result": None,
         }
         for task in running:
             done_status, done = await task

@@ -176,6 +176,21 @@ class PoolResources(_Model):
     limits: dict[str, str] = Field(default_factory=dict)
 
 
+class S3Location(_Model):
+    endpoint: str
+    bucket: str
+    region: str = "us-east-1"
+    prefix: str = "codeexec/"
+    credentials_secret: str
+
+
+class PoolArtifacts(_Model):
+    s3: S3Location | None = None
+    max_files: int | None = None
+    max_file_bytes: int | None = None
+    max_total_bytes: int | None = None
+
+
 class SandboxPoolSpec(_Model):
     language: Language
     image: str
@@ -193,6 +208,7 @@ class SandboxPoolSpec(_Model):
     ready_timeout_seconds: int = Field(default=120, ge=5)
     queue_timeout_seconds: int = Field(default=120, ge=1)
     preload: list[str] | None = None
+    artifacts: PoolArtifacts | None = None
 
 
 class SandboxRef(_Model):

@@ -26,6 +26,7 @@ from codeexec.gateway import config as gwconfig
 from codeexec.gateway.auth import TokenSource, bearer, matches
 from codeexec.gateway.backend import (
     Backend,
+    Finished,
     KubeBackend,
     Rejected,
     Vanished,
@@ -140,7 +141,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     tokens = request.app[GATEWAY].tokens
     if tokens.enabled and request.path not in OPEN_PATHS:
         expected = await tokens.current()
-        if expected is None or not matches(bearer(request.headers.get("Authorization")), expected):
+        # RAGFlow sends its token either way: `Authorization: Bearer` or `X-Sandbox-Token`.
+        given = bearer(request.headers.get("Authorization")) or (
+            request.headers.get("X-Sandbox-Token", "").strip() or None
+        )
+        if expected is None or not matches(given, expected):
             return _error(401, "Not authenticated", **{"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -148,11 +153,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 # ---- handlers --------------------------------------------------------------------------------
 
 
-def _answer(result: compat.OriginalResult) -> web.Response:
+def _answer(result: compat.OriginalResult, status: int = 200) -> web.Response:
     ctx = _CONTEXT.get()
     ctx.fields.update(result_status=result.status, exit_code=result.exit_code, detail=result.detail)
-    # The original answered every result, refusals included, with HTTP 200.
-    return web.json_response(result.to_json())
+    # Every result, refusals included, is HTTP 200, as the original answered; only "too many
+    # requests" is a 429 (a current RAGFlow's executor), unless configured as of old.
+    return web.json_response(result.to_json(), status=status)
 
 
 async def run(request: web.Request) -> web.Response:
@@ -168,7 +174,7 @@ async def run(request: web.Request) -> web.Response:
         language=req.language, code_bytes=req.code_bytes, argument_count=len(req.arguments)
     )
     if not gw.gate.try_acquire():
-        return _answer(compat.too_many_requests())
+        return _answer(compat.too_many_requests(), gw.cfg.busy_status)
     try:
         if gw.cfg.static_check and req.language == "python":
             # Parsing up to 128 KiB of source is CPU work: keep it off the event loop.
@@ -207,8 +213,16 @@ async def _execute(gw: Gateway, req: RunRequest, ctx: RequestContext) -> web.Res
         ctx.fields["error"] = "unhandled"
         message = f"unhandled error in the gateway (request {ctx.request_id})"
         return _answer(compat.unhandled(message))
-    ctx.fields["reason"] = done.status.reason
-    return _answer(compat.from_execution(done, keep_failure_stdout=gw.cfg.keep_failure_stdout))
+    execution, files = (
+        (done.execution, done.artifacts) if isinstance(done, Finished) else (done, [])
+    )
+    ctx.fields["reason"] = execution.status.reason
+    ctx.fields["artifacts"] = len(files)
+    return _answer(
+        compat.from_execution(
+            execution, keep_failure_stdout=gw.cfg.keep_failure_stdout, files=files
+        )
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from codeexec.api.models import CodeExecution, Language
-from codeexec.client import Client, WaitTimeout
+from codeexec.api.models import ArtifactInfo, CodeExecution, Language
+from codeexec.client import ArtifactError, Client, WaitTimeout
 from codeexec.gateway.config import GatewayConfig
 from codeexec.gateway.request import RunRequest
 from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Kube, sleep_backoff
@@ -41,8 +41,16 @@ class Health:
     detail: str
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A terminal execution and its artifacts' bytes, read before the resource went."""
+
+    execution: CodeExecution
+    artifacts: list[tuple[ArtifactInfo, bytes]]
+
+
 class Backend(Protocol):
-    async def execute(self, request: RunRequest, request_id: str) -> CodeExecution:
+    async def execute(self, request: RunRequest, request_id: str) -> CodeExecution | Finished:
         """Runs the request to its terminal status; the resource is gone when this returns."""
         ...
 
@@ -148,7 +156,7 @@ class KubeBackend:
             labels=LABELS,
         )
 
-    async def execute(self, request: RunRequest, request_id: str) -> CodeExecution:
+    async def execute(self, request: RunRequest, request_id: str) -> Finished:
         name = execution_name(request_id)
         create = asyncio.ensure_future(
             self.kube.create(CODE_EXECUTIONS, self.manifest(request, name), self.cfg.namespace)
@@ -161,7 +169,9 @@ class KubeBackend:
                 if err.status in (400, 422):
                     raise Rejected(str(err.body.get("message") or err)) from err
                 raise
-            return await self._wait(name)
+            done = await self._wait(name)
+            # Before the delete: the default store's Secret goes with the execution.
+            return Finished(done, await self._artifacts(done))
         finally:
             cleanup = asyncio.create_task(self._cleanup(name, create), name=f"delete-{name}")
             self._cleanups.add(cleanup)
@@ -198,6 +208,17 @@ class KubeBackend:
             log.info("waiting for %s again after: %s", name, failure)
             await sleep_backoff(attempt)
             attempt += 1
+
+    async def _artifacts(self, done: CodeExecution) -> list[tuple[ArtifactInfo, bytes]]:
+        """Each artifact's bytes, checked against its SHA-256; one that cannot be read is
+        left out (and logged), never the answer."""
+        out = []
+        for artifact in self.client.artifacts(done):
+            try:
+                out.append((artifact.info, await artifact.read()))
+            except (ArtifactError, ApiError, aiohttp.ClientError, OSError) as err:
+                log.warning("artifact %s of %s not read: %s", artifact.name, done.name, err)
+        return out
 
     async def _cleanup(self, name: str, create: asyncio.Future[Any]) -> None:
         try:

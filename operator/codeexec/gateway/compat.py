@@ -8,6 +8,7 @@ printed it), negative exit codes for runner-side outcomes, the `detail` words, a
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from codeexec.api.models import CodeExecution, ExecutionResult
+from codeexec.api.models import ArtifactInfo, CodeExecution, ExecutionResult
 from codeexec.outcomes import Reason
 
 STATUSES = frozenset(
@@ -89,12 +90,42 @@ class OriginalResult:
     resource_limit_type: str | None = None
     unauthorized_access_type: str | None = None
     runtime_error_type: str | None = None
+    # What a current RAGFlow reads besides: the files the code left in ./artifacts/
+    # ({name, mime_type, size, content_b64}) and main's return value as
+    # {present, value, type}. Appended after the original fields, whose order is kept.
+    artifacts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    result: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(OriginalResult))
+
+
+def structured_result(res: ExecutionResult | None) -> dict[str, Any] | None:
+    """`{present, value, type}`: present only when main returned and its value was kept."""
+    if res is None or (res.status != "success" and res.resource_limit_type != "artifacts"):
+        return None
+    kept = not res.return_value_truncated and (
+        res.return_value is not None or res.return_value_bytes is not None
+    )
+    if not kept:
+        return {"present": False, "value": None, "type": "json"}
+    return {"present": True, "value": res.return_value, "type": "json"}
+
+
+def artifact_items(files: Sequence[tuple[ArtifactInfo, bytes]]) -> list[dict[str, Any]]:
+    """RAGFlow's `artifacts[]`: name, mime_type, size and the bytes as base64."""
+    return [
+        {
+            "name": info.name,
+            "mime_type": info.content_type,
+            "size": len(data),
+            "content_b64": base64.b64encode(data).decode("ascii"),
+        }
+        for info, data in files
+    ]
 
 
 # ---- results the gateway answers by itself ----------------------------------------------
@@ -146,8 +177,21 @@ def cancelled(message: str) -> OriginalResult:
 # ---- a finished CodeExecution -------------------------------------------------------------
 
 
-def from_execution(done: CodeExecution, *, keep_failure_stdout: bool = False) -> OriginalResult:
-    """The original's answer for a terminal `CodeExecution`."""
+def from_execution(
+    done: CodeExecution,
+    *,
+    keep_failure_stdout: bool = False,
+    files: Sequence[tuple[ArtifactInfo, bytes]] = (),
+) -> OriginalResult:
+    """The answer for a terminal `CodeExecution`: the original's fields, then the current
+    contract's `artifacts` and `result`."""
+    base = _original(done, keep_failure_stdout=keep_failure_stdout)
+    return dataclasses.replace(
+        base, artifacts=artifact_items(files), result=structured_result(done.status.result)
+    )
+
+
+def _original(done: CodeExecution, *, keep_failure_stdout: bool) -> OriginalResult:
     res = done.status.result
     message = done.status.message or ""
     if res is None:

@@ -42,6 +42,9 @@ class GatewayConfig:
     ttl_seconds_after_finished: int = 300
     keep_failure_stdout: bool = False
     health_cache_seconds: float = 2.0
+    # The HTTP status of "too many requests" (exit_code -429 either way): 429 as a current
+    # RAGFlow's executor answers, or 200 for clients of the original.
+    busy_status: int = 429
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -56,6 +59,8 @@ class GatewayConfig:
             raise ConfigError("the bearer token is empty")
         if not self.namespace:
             raise ConfigError("--namespace is empty")
+        if self.busy_status not in (200, 429):
+            raise ConfigError("--busy-status must be 429 or 200")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ttl-seconds-after-finished", type=int, default=300)
     parser.add_argument(
+        "--busy-status",
+        type=int,
+        choices=[429, 200],
+        default=None,
+        help="HTTP status of 'too many requests' (exit_code -429 either way): 429 as a current "
+        f"RAGFlow expects, 200 as the original answered ({env}BUSY_STATUS, default 429)",
+    )
+    parser.add_argument(
         "--keep-failure-stdout",
         action="store_true",
         help="keep the program's stdout on failures (the original always emptied it)",
@@ -133,4 +146,5 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         pool_selector=args.pool_selector or env.get(f"{ENV_PREFIX}POOL_SELECTOR") or "",
         ttl_seconds_after_finished=args.ttl_seconds_after_finished,
         keep_failure_stdout=args.keep_failure_stdout,
+        busy_status=args.busy_status or int(env.get(f"{ENV_PREFIX}BUSY_STATUS") or 429),
     )

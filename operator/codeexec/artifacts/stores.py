@@ -1,0 +1,86 @@
+"""Which store keeps a pool's artifacts, and removing a deleted execution's S3 objects."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from codeexec.api.models import ArtifactInfo, S3Location
+from codeexec.artifacts import Limits, Owner, Store
+from codeexec.artifacts.s3 import S3, Credentials
+from codeexec.artifacts.s3store import LIMITS as S3_LIMITS
+from codeexec.artifacts.s3store import S3Store
+from codeexec.artifacts.secretstore import SecretStore
+from codeexec.kube.client import SECRETS, Kube
+from codeexec.pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+class Stores:
+    def __init__(self, kube: Kube, sandbox_namespace: str) -> None:
+        self.kube = kube
+        self.sandbox_namespace = sandbox_namespace
+        self.default: Store = SecretStore(kube)
+        # By (endpoint, bucket): where a deleted execution's objects are removed.
+        self._s3: dict[tuple[str, str], S3Store] = {}
+
+    async def for_pool(self, pool: Pool) -> Store:
+        config = pool.spec.artifacts
+        if config is None or config.s3 is None:
+            return self.default
+        limits = Limits(
+            max_files=config.max_files or S3_LIMITS.max_files,
+            max_file_bytes=config.max_file_bytes or S3_LIMITS.max_file_bytes,
+            max_total_bytes=config.max_total_bytes or S3_LIMITS.max_total_bytes,
+        )
+        # Read every time: a rotated Secret takes effect with the next execution.
+        store = S3Store(await self._client(config.s3), config.s3, limits)
+        self._s3[(store.client.endpoint, config.s3.bucket)] = store
+        return store
+
+    async def _client(self, location: S3Location) -> S3:
+        secret = await self.kube.get(SECRETS, location.credentials_secret, self.sandbox_namespace)
+        data = secret.get("data") or {}
+        creds = Credentials(
+            base64.b64decode(data.get("accessKeyId", "")).decode(),
+            base64.b64decode(data.get("secretAccessKey", "")).decode(),
+        )
+        return S3(location.endpoint, location.bucket, creds, location.region)
+
+    async def forget(self, body: dict[str, Any], pools: dict[str, Pool]) -> None:
+        """Deletes the S3 objects of a deleted CodeExecution (Secrets go by ownership)."""
+        listed = ((body.get("status") or {}).get("result") or {}).get("artifacts") or []
+        places = set()
+        for raw in listed:
+            try:
+                info = ArtifactInfo.model_validate(raw)
+            except ValueError:
+                continue
+            if info.store == "s3" and info.ref.endpoint and info.ref.bucket:
+                places.add((info.ref.endpoint, info.ref.bucket))
+        meta = body["metadata"]
+        owner = Owner(meta["namespace"], meta["name"], meta["uid"])
+        for place in places:
+            store = self._s3.get(place) or await self._from_pools(place, pools)
+            if store is None:
+                log.warning(
+                    "no pool stores artifacts at %s/%s: objects of %s/%s are left",
+                    *place,
+                    owner.namespace,
+                    owner.name,
+                )
+                continue
+            await store.delete(owner)
+
+    async def _from_pools(self, place: tuple[str, str], pools: dict[str, Pool]) -> S3Store | None:
+        for pool in pools.values():
+            config = pool.spec.artifacts
+            if config is not None and config.s3 is not None:
+                endpoint = config.s3.endpoint.rstrip("/")
+                if (endpoint, config.s3.bucket) == place:
+                    store = await self.for_pool(pool)
+                    assert isinstance(store, S3Store)
+                    return store
+        return None

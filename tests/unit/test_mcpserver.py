@@ -1,0 +1,66 @@
+"""The MCP tools' results (mcpserver.py): the summary, images as image content, other files
+as embedded resources, failures flagged."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from codeexec.api.models import ArtifactInfo, ArtifactRef, CodeExecution
+from codeexec.client import Artifact
+
+pytest.importorskip("mcp")
+
+from codeexec.mcpserver import tool_result
+
+
+def _done(reason: str, value: Any) -> CodeExecution:
+    return CodeExecution.from_body(
+        {
+            "metadata": {"name": "cx-1", "namespace": "ns", "uid": "u"},
+            "spec": {"language": "python", "code": "x"},
+            "status": {
+                "phase": "Succeeded" if reason == "Succeeded" else "Failed",
+                "reason": reason,
+                "result": {"status": "success", "returnValue": value, "stdout": "hi\n"},
+            },
+        }
+    )
+
+
+def _artifact(name: str, kind: str, data: bytes) -> tuple[Artifact, bytes]:
+    info = ArtifactInfo(
+        name=name,
+        size=len(data),
+        content_type=kind,
+        sha256="0" * 64,
+        store="secret",
+        ref=ArtifactRef(secret="s", key="k"),
+    )
+    return Artifact(info, "ns", None), data  # type: ignore[arg-type]
+
+
+def test_a_chart_is_image_content_and_a_csv_an_embedded_resource() -> None:
+    result = tool_result(
+        _done("Succeeded", {"n": 3}),
+        [_artifact("plot.png", "image/png", b"\x89PNG"), _artifact("t.csv", "text/csv", b"a,b")],
+    )
+    assert not result.is_error
+    summary = json.loads(result.content[0].text)
+    assert summary["return_value"] == {"n": 3} and summary["stdout"] == "hi\n"
+    assert [a["name"] for a in summary["artifacts"]] == ["plot.png", "t.csv"]
+    image, resource = result.content[1], result.content[2]
+    assert (image.type, image.mime_type, base64.b64decode(image.data)) == (
+        "image",
+        "image/png",
+        b"\x89PNG",
+    )
+    assert resource.type == "resource" and base64.b64decode(resource.resource.blob) == b"a,b"
+
+
+def test_a_failed_run_is_a_tool_error_with_its_reason() -> None:
+    result = tool_result(_done("UserException", None), [])
+    assert result.is_error and json.loads(result.content[0].text)["reason"] == "UserException"
