@@ -61,6 +61,8 @@ class Artifact:
             if not isinstance(raw, str):
                 raise ArtifactError(f"{self.name}: key {ref.key} is missing from {ref.secret}")
             data = base64.b64decode(raw)
+        elif self.info.store == "s3" and ref.endpoint and ref.bucket and ref.object:
+            data = await _read_s3(ref.endpoint, ref.bucket, ref.object, self.name)
         else:
             raise ArtifactError(f"{self.name}: unknown store {self.info.store!r}")
         if hashlib.sha256(data).hexdigest() != self.sha256:
@@ -76,6 +78,25 @@ class Artifact:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(await self.read())
         return target
+
+
+async def _read_s3(endpoint: str, bucket: str, key: str, name: str) -> bytes:
+    """An S3 artifact, read with the reader's own credentials (the standard AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY and AWS_REGION variables): the status never carries any."""
+    import os
+
+    from codeexec.artifacts.s3 import S3, Credentials, S3Error
+
+    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        raise ArtifactError(
+            f"{name} is in S3 ({bucket}/{key}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    region = os.environ.get("AWS_REGION", "us-east-1")
+    try:
+        return await S3(endpoint, bucket, Credentials(access, secret), region).get(key)
+    except S3Error as err:
+        raise ArtifactError(f"{name}: {err}") from err
 
 
 def input_file(path: str, data: bytes | str) -> dict[str, str]:

@@ -387,7 +387,11 @@ def s3_pool(s3_server: dict[str, str], installed: Cluster, operator: Any) -> Any
 
 
 async def test_a_chart_comes_back_byte_identical_from_the_s3_store_and_goes_with_its_execution(
-    cx: Client, s3_pool: Any, namespace: str
+    cx: Client,
+    s3_pool: Any,
+    s3_server: dict[str, str],
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One chart with a TTL and one deleted by hand: both leave nothing in the bucket."""
     import asyncio
@@ -405,6 +409,11 @@ async def test_a_chart_comes_back_byte_identical_from_the_s3_store_and_goes_with
         assert (info.store, info.ref.bucket, info.name) == ("s3", S3_BUCKET, "plot.png")
         data = await s3.get(info.ref.object or "")
         assert hashlib.sha256(data).hexdigest() == info.sha256 == res.return_value["sha256"]
+    # The Python client reads S3 artifacts with the reader's own credentials.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
+    [artifact] = cx.artifacts(kept)
+    assert hashlib.sha256(await artifact.read()).hexdigest() == artifact.sha256
     await cx.delete(kept.name)
     for done in (kept, ttl):
         folder = f"codeexec/{namespace}/{done.uid}/"

@@ -45,7 +45,8 @@ def test_node_reads_input_files_too(run: Runner) -> None:
 
 
 def test_an_escaping_input_path_is_a_protocol_error(run: Runner) -> None:
-    """caught: dropping the path check in parse_request made this run the code."""
+    """Checked twice (parse_request, then place_files). caught: removing the checks in
+    workfiles.path_parts made this run the code."""
     for bad in ("../x", "/etc/x", "a/../../x", ""):
         result = run("python", "def main(): return 1", files=[{"path": bad, "b64": ""}])
         assert result.report["started"] is False, bad
