@@ -131,7 +131,7 @@ async def test_a_secret_of_another_namespace_is_refused_and_nothing_runs(
 async def test_a_chart_comes_back_byte_identical_from_the_default_store(
     cx: Client, cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    done = await _run(cx, CHART, arguments={"title": "default store"}, ttl_seconds_after_finished=5)
+    done = await _run(cx, CHART, arguments={"title": "default store"})
     assert done.status.reason == "Succeeded", done.status
     res = done.status.result
     assert res is not None
@@ -181,17 +181,6 @@ async def test_a_chart_comes_back_byte_identical_from_the_default_store(
     )
     returned = json.loads(printed)["status"]["result"]["returnValue"]
     assert hashlib.sha256((out / "plot.png").read_bytes()).hexdigest() == returned["sha256"]
-    # Its TTL deletes the execution, and the garbage collector its Secret.
-    name = info.ref.secret or ""
-
-    async def secret_gone() -> bool:
-        try:
-            await cx.kube.get(SECRETS, name, namespace)
-        except ApiError as err:
-            return err.not_found
-        return False
-
-    await _await(secret_gone, "the artifact Secret to be garbage-collected after the TTL")
 
 
 async def _cli(env: dict[str, str], *argv: str) -> str:
@@ -267,19 +256,28 @@ async def test_each_artifact_limit_ends_artifactlimit_keeping_what_fits(
     assert after.status.reason == "Succeeded"
 
 
-async def test_deleting_the_execution_deletes_its_artifacts(cx: Client, namespace: str) -> None:
-    done = await _run(cx, CHART, arguments={"title": "deleted"})
-    [info] = done.status.result.artifacts if done.status.result else []
-    await cx.delete(done.name)
+async def test_deleting_the_execution_or_its_ttl_deletes_its_artifacts(
+    cx: Client, namespace: str
+) -> None:
+    import asyncio
 
-    async def gone() -> bool:
-        try:
-            await cx.kube.get(SECRETS, info.ref.secret or "", namespace)
-        except ApiError as err:
-            return err.not_found
-        return False
+    kept, ttl = await asyncio.gather(
+        _run(cx, CHART, arguments={"title": "deleted"}),
+        _run(cx, CHART, arguments={"title": "ttl"}, ttl_seconds_after_finished=3),
+    )
+    await cx.delete(kept.name)
+    for done in (kept, ttl):
+        [info] = done.status.result.artifacts if done.status.result else []
+        name = info.ref.secret or ""
 
-    await _await(gone, "the artifact Secret to be garbage-collected")
+        async def gone(name: str = name) -> bool:
+            try:
+                await cx.kube.get(SECRETS, name, namespace)
+            except ApiError as err:
+                return err.not_found
+            return False
+
+        await _await(gone, f"the artifact Secret {name} to be garbage-collected")
 
 
 # ---- the S3 store, against a real S3-compatible server (versitygw, posix backend) ----------
