@@ -474,10 +474,12 @@ def build_parser(command: str | None = None, prog: str = "codeexec") -> argparse
         description="An MCP server (stdio, or streamable HTTP) whose tools run code as "
         "CodeExecutions in the namespace; see docs/mcp.md. Needs the `mcp` extra.",
     )
-    from codeexec import mcpserver
+    if command == "mcp":
+        # Only when asked for, like the gateway: it pulls in the client and the MCP SDK.
+        from codeexec import mcpserver
 
-    mcpserver.add_arguments(mcp)
-    mcp.set_defaults(func=mcpserver.main)
+        mcpserver.add_arguments(mcp)
+        mcp.set_defaults(func=mcpserver.main)
 
     run = sub.add_parser(
         "run",
