@@ -21,7 +21,7 @@ from typing import Any
 
 from codeexec.api.models import API_VERSION, ArtifactInfo, CodeExecution, Language
 from codeexec.kube import config
-from codeexec.kube.client import CODE_EXECUTIONS, SECRETS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, CONFIG_MAPS, ApiError, Kube
 
 
 class ArtifactError(Exception):
@@ -55,11 +55,11 @@ class Artifact:
     async def read(self) -> bytes:
         """The bytes, checked against the SHA-256 the runner computed in the sandbox."""
         ref = self.info.ref
-        if self.info.store == "secret" and ref.secret and ref.key:
-            body = await self.kube.get(SECRETS, ref.secret, self.namespace)
-            raw = (body.get("data") or {}).get(ref.key)
+        if self.info.store == "configmap" and ref.config_map and ref.key:
+            body = await self.kube.get(CONFIG_MAPS, ref.config_map, self.namespace)
+            raw = (body.get("binaryData") or {}).get(ref.key)
             if not isinstance(raw, str):
-                raise ArtifactError(f"{self.name}: key {ref.key} is missing from {ref.secret}")
+                raise ArtifactError(f"{self.name}: key {ref.key} is missing from {ref.config_map}")
             data = base64.b64decode(raw)
         elif self.info.store == "s3" and ref.endpoint and ref.bucket and ref.object:
             data = await _read_s3(ref.endpoint, ref.bucket, ref.object, self.name)

@@ -28,6 +28,7 @@ from codeexec import failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, ArtifactInfo, CodeExecutionSpec, Phase
 from codeexec.artifacts import Owner, Store, listed
+from codeexec.artifacts.s3 import Credentials
 from codeexec.artifacts.stores import Stores
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
@@ -159,7 +160,13 @@ class Road:
     @property
     def stores(self) -> Stores:
         if self.rt.stores is None:
-            self.rt.stores = Stores(self.rt.kube, self.rt.settings.sandbox_namespace)
+            s = self.rt.settings
+            creds = (
+                Credentials(s.s3_access_key_id, s.s3_secret_access_key)
+                if s.s3_access_key_id and s.s3_secret_access_key
+                else None
+            )
+            self.rt.stores = Stores(self.rt.kube, creds)
         return self.rt.stores
 
     async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:

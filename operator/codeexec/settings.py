@@ -35,6 +35,12 @@ class Settings:
     files_from_secrets: bool = field(
         default_factory=lambda: _env("FILES_FROM_SECRETS", "false").lower() == "true"
     )
+    # Credentials of the S3 artifact stores (SandboxPool spec.artifacts.s3); the chart sets them
+    # from a Secret (artifacts.s3CredentialsSecret).
+    s3_access_key_id: str = field(default_factory=lambda: _env("S3_ACCESS_KEY_ID", ""))
+    s3_secret_access_key: str = field(
+        default_factory=lambda: _env("S3_SECRET_ACCESS_KEY", ""), repr=False
+    )
     metrics_port: int = field(default_factory=lambda: int(_env("METRICS_PORT", "8080")))
     leader_election: bool = field(
         default_factory=lambda: _env("LEADER_ELECTION", "false").lower() == "true"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,9 @@ NODEJS_IMAGE = f"codeexec.local/nodejs-sandbox:{_TAG}"
 METRICS_PORT = 18080
 # Pools of this suite's operator; other installations on the cluster (the chart's) use others.
 INSTANCE_LABEL, INSTANCE = "codeexec.io/instance", "tests"
+# The suite operator's S3 credentials; the test's S3 server (on 127.0.0.1 only) takes them.
+S3_ACCESS_KEY_ID = "codeexec-tests"
+S3_SECRET_ACCESS_KEY = secrets.token_hex(16)
 
 
 def pool_manifest(name: str, language: str, **spec: Any) -> dict[str, Any]:
@@ -68,6 +72,9 @@ class OperatorProcess:
             "CODEEXEC_NAMESPACES": "e2e-*,outcomes-*",
             # spec.files may name Secrets labelled codeexec.io/input-file (test_files_artifacts).
             "CODEEXEC_FILES_FROM_SECRETS": "true",
+            # The S3 artifact store's credentials (test_files_artifacts starts the server).
+            "CODEEXEC_S3_ACCESS_KEY_ID": S3_ACCESS_KEY_ID,
+            "CODEEXEC_S3_SECRET_ACCESS_KEY": S3_SECRET_ACCESS_KEY,
         }
         log = self.log_path.open("ab")
         log.write(f"\n=== operator start failpoints={failpoints!r} ===\n".encode())

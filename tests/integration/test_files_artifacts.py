@@ -21,7 +21,7 @@ from e2e.fixtures import Cluster
 
 from codeexec.api.models import CodeExecution
 from codeexec.client import Client, input_file
-from codeexec.kube.client import SECRETS, ApiError
+from codeexec.kube.client import CONFIG_MAPS, ApiError
 
 pytestmark = pytest.mark.cluster
 
@@ -137,15 +137,15 @@ async def test_a_chart_comes_back_byte_identical_from_the_default_store(
     assert res is not None
     made_in_sandbox = res.return_value["sha256"]
     [info] = res.artifacts
-    assert (info.name, info.content_type, info.store) == ("plot.png", "image/png", "secret")
+    assert (info.name, info.content_type, info.store) == ("plot.png", "image/png", "configmap")
     assert info.sha256 == made_in_sandbox
     # The status names where the bytes are, never holds them.
     assert "b64" not in json.dumps(res.dump())
-    # The store itself: an owned Secret.
-    secret = await cx.kube.get(SECRETS, info.ref.secret or "", namespace)
-    owner = secret["metadata"]["ownerReferences"][0]
+    # The store itself: an owned ConfigMap.
+    stored = await cx.kube.get(CONFIG_MAPS, info.ref.config_map or "", namespace)
+    owner = stored["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"]) == ("CodeExecution", done.uid)
-    raw = base64.b64decode(secret["data"][info.ref.key])
+    raw = base64.b64decode(stored["binaryData"][info.ref.key])
     assert hashlib.sha256(raw).hexdigest() == made_in_sandbox
     assert raw.startswith(b"\x89PNG")
     # The Python client.
@@ -268,16 +268,16 @@ async def test_deleting_the_execution_or_its_ttl_deletes_its_artifacts(
     await cx.delete(kept.name)
     for done in (kept, ttl):
         [info] = done.status.result.artifacts if done.status.result else []
-        name = info.ref.secret or ""
+        name = info.ref.config_map or ""
 
         async def gone(name: str = name) -> bool:
             try:
-                await cx.kube.get(SECRETS, name, namespace)
+                await cx.kube.get(CONFIG_MAPS, name, namespace)
             except ApiError as err:
                 return err.not_found
             return False
 
-        await _await(gone, f"the artifact Secret {name} to be garbage-collected")
+        await _await(gone, f"the artifact ConfigMap {name} to be garbage-collected")
 
 
 # ---- the S3 store, against a real S3-compatible server (versitygw, posix backend) ----------
@@ -297,14 +297,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """versitygw on 127.0.0.1 only, storing objects as files in a temporary directory."""
-    import secrets as _secrets
     import time
 
     if not VERSITYGW.exists():
         pytest.fail(f"{VERSITYGW} is missing: run `make tools` (e2e/tools.sh builds it)")
     root = tmp_path_factory.mktemp("s3")
     port = _free_port()
-    access, secret = "codeexec-test", _secrets.token_hex(16)
+    from .conftest import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY
+
+    access, secret = S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY
     proc = subprocess.Popen(
         [
             str(VERSITYGW),
@@ -341,29 +342,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="module")
 def s3_pool(s3_server: dict[str, str], installed: Cluster, operator: Any) -> Any:
-    """A one-pod Python pool whose artifacts go to the bucket; its credentials are a Secret
-    in the sandbox namespace."""
+    """A one-pod Python pool whose artifacts go to the bucket (the operator has the
+    credentials in its environment)."""
     import asyncio as _asyncio
 
     from codeexec.artifacts.s3 import S3, Credentials
 
-    from .conftest import SANDBOX_NS, pool_manifest, wait_pool_full
+    from .conftest import pool_manifest, wait_pool_full
 
     client = S3(
         s3_server["endpoint"], S3_BUCKET, Credentials(s3_server["access"], s3_server["secret"])
     )
     _asyncio.run(client.create_bucket())
-    installed.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "artifacts-s3", "namespace": SANDBOX_NS},
-            "stringData": {
-                "accessKeyId": s3_server["access"],
-                "secretAccessKey": s3_server["secret"],
-            },
-        }
-    )
     name = "python-s3"
     installed.apply(
         pool_manifest(
@@ -374,7 +364,6 @@ def s3_pool(s3_server: dict[str, str], installed: Cluster, operator: Any) -> Any
                 "s3": {
                     "endpoint": s3_server["endpoint"],
                     "bucket": S3_BUCKET,
-                    "credentialsSecret": "artifacts-s3",
                 }
             },
         )

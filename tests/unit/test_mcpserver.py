@@ -37,8 +37,8 @@ def _artifact(name: str, kind: str, data: bytes) -> tuple[Artifact, bytes]:
         size=len(data),
         content_type=kind,
         sha256="0" * 64,
-        store="secret",
-        ref=ArtifactRef(secret="s", key="k"),
+        store="configmap",
+        ref=ArtifactRef(config_map="c", key="k"),
     )
     return Artifact(info, "ns", None), data  # type: ignore[arg-type]
 

@@ -92,9 +92,9 @@ class ValueOmitted(StrEnum):
 
 
 class ArtifactRef(_Model):
-    """Where an artifact's bytes are kept: a key of an owned Secret, or an S3 object."""
+    """Where an artifact's bytes are kept: a key of an owned ConfigMap, or an S3 object."""
 
-    secret: str | None = None
+    config_map: str | None = Field(default=None, alias="configMap")
     key: str | None = None
     bucket: str | None = None
     object: str | None = None
@@ -181,7 +181,6 @@ class S3Location(_Model):
     bucket: str
     region: str = "us-east-1"
     prefix: str = "codeexec/"
-    credentials_secret: str
 
 
 class PoolArtifacts(_Model):

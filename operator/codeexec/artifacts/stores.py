@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Any
 
-from codeexec.api.models import ArtifactInfo, S3Location
+from codeexec.api.models import ArtifactInfo
 from codeexec.artifacts import Limits, Owner, Store
+from codeexec.artifacts.configmapstore import ConfigMapStore
 from codeexec.artifacts.s3 import S3, Credentials
 from codeexec.artifacts.s3store import LIMITS as S3_LIMITS
 from codeexec.artifacts.s3store import S3Store
-from codeexec.artifacts.secretstore import SecretStore
-from codeexec.kube.client import SECRETS, Kube
+from codeexec.kube.client import Kube
 from codeexec.pool import Pool
 
 log = logging.getLogger(__name__)
 
 
 class Stores:
-    def __init__(self, kube: Kube, sandbox_namespace: str) -> None:
+    def __init__(self, kube: Kube, s3_credentials: Credentials | None = None) -> None:
         self.kube = kube
-        self.sandbox_namespace = sandbox_namespace
-        self.default: Store = SecretStore(kube)
+        # The operator's own (CODEEXEC_S3_ACCESS_KEY_ID / _SECRET_ACCESS_KEY, which the chart
+        # fills from a Secret through the kubelet): the operator needs no right on Secrets.
+        self.s3_credentials = s3_credentials
+        self.default: Store = ConfigMapStore(kube)
         # By (endpoint, bucket): where a deleted execution's objects are removed.
         self._s3: dict[tuple[str, str], S3Store] = {}
 
@@ -35,19 +36,16 @@ class Stores:
             max_file_bytes=config.max_file_bytes or S3_LIMITS.max_file_bytes,
             max_total_bytes=config.max_total_bytes or S3_LIMITS.max_total_bytes,
         )
-        # Read every time: a rotated Secret takes effect with the next execution.
-        store = S3Store(await self._client(config.s3), config.s3, limits)
+        if self.s3_credentials is None:
+            raise RuntimeError(
+                f"pool {pool.name} stores artifacts in S3, but the operator has no S3 "
+                "credentials (CODEEXEC_S3_ACCESS_KEY_ID, CODEEXEC_S3_SECRET_ACCESS_KEY)"
+            )
+        location = config.s3
+        client = S3(location.endpoint, location.bucket, self.s3_credentials, location.region)
+        store = S3Store(client, location, limits)
         self._s3[(store.client.endpoint, config.s3.bucket)] = store
         return store
-
-    async def _client(self, location: S3Location) -> S3:
-        secret = await self.kube.get(SECRETS, location.credentials_secret, self.sandbox_namespace)
-        data = secret.get("data") or {}
-        creds = Credentials(
-            base64.b64decode(data.get("accessKeyId", "")).decode(),
-            base64.b64decode(data.get("secretAccessKey", "")).decode(),
-        )
-        return S3(location.endpoint, location.bucket, creds, location.region)
 
     async def forget(self, body: dict[str, Any], pools: dict[str, Pool]) -> None:
         """Deletes the S3 objects of a deleted CodeExecution (Secrets go by ownership)."""

@@ -1,7 +1,11 @@
-"""The default artifact store: one Secret per execution, owned by it (garbage-collected with it).
+"""The default artifact store: one ConfigMap per execution (binaryData), owned by it and
+garbage-collected with it.
 
-No infrastructure, and readable by whoever may read Secrets in the execution's namespace. A
-Secret holds at most 1 MiB (the API server's limit), so this store's limits are small.
+No infrastructure, and the same audience as the execution's status: whoever may read
+ConfigMaps in the namespace (the `view` role) may read the artifacts, as they may read the
+program's stdout in the status. Neither the operator nor the gateway needs any right on
+Secrets for it. A ConfigMap holds at most 1 MiB (the API server's limit), so this store's
+limits are small.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import re
 
 from codeexec.api.models import API_VERSION, ArtifactInfo, ArtifactRef
 from codeexec.artifacts import MAX_FILES, Limits, Owner, content_type
-from codeexec.kube.client import SECRETS, ApiError, Kube
+from codeexec.kube.client import CONFIG_MAPS, ApiError, Kube
 from codeexec.protocol import ArtifactRecord
 
-# 1 MiB is the API server's cap on a Secret's data; 768 KiB leaves room for keys and metadata.
+# 1 MiB is the API server's cap on a ConfigMap's data; 768 KiB leaves room for the keys,
+# the metadata and the base64 of binaryData within etcd's request limit.
 MAX_TOTAL_BYTES = 768 * 1024
 LIMITS = Limits(
     max_files=MAX_FILES, max_file_bytes=MAX_TOTAL_BYTES, max_total_bytes=MAX_TOTAL_BYTES
@@ -23,16 +28,16 @@ OWNER_LABEL = "codeexec.io/artifacts-of"
 _KEY_UNSAFE = re.compile(r"[^-._a-zA-Z0-9]")
 
 
-def secret_name(owner: Owner) -> str:
+def object_name(owner: Owner) -> str:
     return f"codeexec-artifacts-{owner.uid}"
 
 
-def secret_key(index: int, name: str) -> str:
+def object_key(index: int, name: str) -> str:
     return f"{index:02d}-{_KEY_UNSAFE.sub('_', name)[:200]}"
 
 
-class SecretStore:
-    kind = "secret"
+class ConfigMapStore:
+    kind = "configmap"
 
     def __init__(self, kube: Kube, limits: Limits = LIMITS) -> None:
         self.kube = kube
@@ -41,11 +46,11 @@ class SecretStore:
     async def put(self, owner: Owner, records: list[ArtifactRecord]) -> list[ArtifactInfo]:
         if not records:
             return []
-        name = secret_name(owner)
+        name = object_name(owner)
         data: dict[str, str] = {}
         infos: list[ArtifactInfo] = []
         for i, record in enumerate(records):
-            key = secret_key(i, record.name)
+            key = object_key(i, record.name)
             data[key] = base64.b64encode(record.data).decode("ascii")
             infos.append(
                 ArtifactInfo(
@@ -54,17 +59,16 @@ class SecretStore:
                     content_type=content_type(record.name),
                     sha256=record.sha256,
                     store=self.kind,
-                    ref=ArtifactRef(secret=name, key=key),
+                    ref=ArtifactRef(config_map=name, key=key),
                 )
             )
         body = {
             "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
+            "kind": "ConfigMap",
             "metadata": {
                 "name": name,
                 "labels": {OWNER_LABEL: owner.uid, "app.kubernetes.io/managed-by": "codeexec"},
-                # Deleting the CodeExecution (by hand or by its TTL) deletes this Secret.
+                # Deleting the CodeExecution (by hand or by its TTL) deletes this ConfigMap.
                 "ownerReferences": [
                     {
                         "apiVersion": API_VERSION,
@@ -76,10 +80,10 @@ class SecretStore:
                     }
                 ],
             },
-            "data": data,
+            "binaryData": data,
         }
         try:
-            await self.kube.create(SECRETS, body, owner.namespace)
+            await self.kube.create(CONFIG_MAPS, body, owner.namespace)
         except ApiError as err:
             if not err.conflict:
                 raise
@@ -87,9 +91,9 @@ class SecretStore:
         return infos
 
     async def read(self, info: ArtifactInfo, namespace: str) -> bytes:
-        assert info.ref.secret and info.ref.key
-        body = await self.kube.get(SECRETS, info.ref.secret, namespace)
-        return base64.b64decode((body.get("data") or {})[info.ref.key])
+        assert info.ref.config_map and info.ref.key
+        body = await self.kube.get(CONFIG_MAPS, info.ref.config_map, namespace)
+        return base64.b64decode((body.get("binaryData") or {})[info.ref.key])
 
     async def delete(self, owner: Owner) -> None:
         return None  # the ownerReference does it
