@@ -12,12 +12,11 @@ import asyncio
 import heapq
 import itertools
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from codeexec import metrics, podspec
+from codeexec import clock, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView, view
 from codeexec.status import timestamp
@@ -105,9 +104,12 @@ class Broker:
                 on_wait.set()
             try:
                 pod = await self._next_candidate(pool, template, waiter, deadline)
-            finally:
-                if not waiter.future.done():
-                    waiter.future.cancel()
+            except BaseException:
+                # Cancelled (the execution was deleted) or out of time, possibly just after
+                # another claimer's pump handed this waiter a pod: give the pod back.
+                self._abandon(q, waiter)
+                self._pump(pool, template)
+                raise
             try:
                 claimed = await self._try_claim(
                     pod, execution_uid, execution_ref, timeout_seconds, request_id, attempt
@@ -119,11 +121,19 @@ class Broker:
                 self._pump(pool, template)
                 return claimed
 
+    @staticmethod
+    def _abandon(q: _PoolQueue, waiter: _Waiter) -> None:
+        fut = waiter.future
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled() and fut.exception() is None:
+            q.reserved.discard(fut.result().name)
+
     async def _next_candidate(
         self, pool: str, template: str, waiter: _Waiter, deadline: float
     ) -> PodView:
         while not waiter.future.done():
-            remaining = deadline - time.time()
+            remaining = deadline - clock.time()
             if remaining <= 0:
                 raise NoPodInTime()
             changed: asyncio.Future[Any] = asyncio.ensure_future(
@@ -147,7 +157,7 @@ class Broker:
         request_id: str,
         attempt: int,
     ) -> Claimed | None:
-        now = datetime.now().astimezone()
+        now = clock.now()
         # The kubelet counts activeDeadlineSeconds from the pod's start and it may only be
         # lowered. Too low kills the code early; too high only delays the kubelet's backstop
         # (the runner enforces the timeout itself). So round up, and never guess the start.

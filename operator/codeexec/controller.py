@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import time
 from typing import Any
 
-from codeexec import metrics
+from codeexec import clock, metrics
 from codeexec import status as st
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError
 from codeexec.lifecycle import Road, Runtime, is_terminal
@@ -67,7 +66,7 @@ class Executions:
         task = self.tasks.get(uid)
         if task is None or task.done():
             self.tasks[uid] = asyncio.create_task(
-                self._drive(body, time.time()), name=f"execution/{uid}"
+                self._drive(body, clock.time()), name=f"execution/{uid}"
             )
 
     async def _drive(self, body: dict[str, Any], seen_at: float) -> None:
@@ -147,7 +146,7 @@ class Executions:
         operator was watching (the road deletes its pod itself, so this only mops up)."""
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
-            now = time.time()
+            now = clock.time()
             for pod in list(self.rt.cache.pods.values()):
                 if pod.claimed_by is None or pod.deleting or pod.claimed_by in self.tasks:
                     continue
@@ -196,7 +195,7 @@ class Janitor:
         if ttl is None or meta["uid"] in self._known:
             return
         done = st.parse_timestamp((body.get("status") or {}).get("completionTime"))
-        due = (done.timestamp() if done else time.time()) + int(ttl)
+        due = (done.timestamp() if done else clock.time()) + int(ttl)
         self._known.add(meta["uid"])
         heapq.heappush(self._heap, (due, meta["namespace"], meta["name"], meta["uid"]))
         self._wake.set()
@@ -207,7 +206,7 @@ class Janitor:
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            now = time.time()
+            now = clock.time()
             while self._heap and self._heap[0][0] <= now:
                 _, ns, name, uid = heapq.heappop(self._heap)
                 if uid not in self._known:
@@ -222,6 +221,6 @@ class Janitor:
                     if not (err.not_found or err.conflict):
                         log.warning("TTL delete of %s/%s failed: %s", ns, name, err)
                 self._known.discard(uid)
-            delay = (self._heap[0][0] - time.time()) if self._heap else 60.0
+            delay = (self._heap[0][0] - clock.time()) if self._heap else 60.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, min(delay, 60.0)))

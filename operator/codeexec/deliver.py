@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
-from codeexec import failpoints, podspec
+from codeexec import clock, failpoints, podspec
 from codeexec.kube.attach import (
     ERROR,
     STDOUT,
@@ -130,7 +129,7 @@ async def _deliver(
     fresh: bool,
 ) -> Report | None:
     attempt = 0
-    while time.time() < deadline:
+    while clock.time() < deadline:
         view = cache.pods.get(pod)
         unsent = fresh and not exchange.sent
         if unsent and (view is None or not view.live):
@@ -173,7 +172,7 @@ async def _listen(
     try:
         done, _ = await asyncio.wait(
             {reading, finished},
-            timeout=max(0.0, deadline - time.time()),
+            timeout=max(0.0, deadline - clock.time()),
             return_when=asyncio.FIRST_COMPLETED,
         )
     finally:

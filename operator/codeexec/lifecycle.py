@@ -17,14 +17,13 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from codeexec import failpoints, jsonbounds, metrics, podspec
+from codeexec import clock, failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, ArtifactInfo, CodeExecutionSpec, Phase
 from codeexec.artifacts import Owner, Store, listed
@@ -119,7 +118,7 @@ def creation_time(body: dict[str, Any], seen_at: float | None = None) -> float:
     """
     stamp = st.parse_timestamp(body["metadata"].get("creationTimestamp"))
     if stamp is None:
-        return seen_at or time.time()
+        return seen_at or clock.time()
     created = stamp.timestamp()
     if seen_at is not None and 0.0 <= seen_at - created < 1.0:
         return seen_at
@@ -170,10 +169,10 @@ class Road:
         return self.rt.stores
 
     async def write_status(self, ex: Execution, body: dict[str, Any]) -> None:
-        started = time.monotonic()
+        started = clock.monotonic()
         await self.rt.kube.patch_status(CODE_EXECUTIONS, ex.name, body, ex.namespace)
         ex.status = {**ex.status, **body}  # what the terminal status builds on
-        metrics.STEP.labels("status_write").observe(time.monotonic() - started)
+        metrics.STEP.labels("status_write").observe(clock.monotonic() - started)
 
     async def write_terminal(
         self, name: str, namespace: str, known: dict[str, Any], body: dict[str, Any]
@@ -185,7 +184,7 @@ class Road:
         execution: it is written again without the result's bulky parts, then with phase and
         reason only, each saying why. Never a wedge that leaves the pod and the road running.
         """
-        started = time.monotonic()
+        started = clock.monotonic()
         status = {**known, **body}
         for smaller in (st.reduced, st.minimal, None):
             try:
@@ -199,7 +198,7 @@ class Road:
                 )
                 # Only the code and reason: the API server's message may quote the values.
                 status = smaller({**known, **body}, f"refused by the API server: {err.status}")
-        metrics.STEP.labels("status_write").observe(time.monotonic() - started)
+        metrics.STEP.labels("status_write").observe(clock.monotonic() - started)
 
     async def run(self, body: dict[str, Any], seen_at: float | None = None) -> None:
         meta = body["metadata"]
@@ -343,7 +342,7 @@ class Road:
     async def claim(self, ex: Execution, pool: Pool, attempt: int) -> st.Sandbox:
         waiting = asyncio.Event()
         request_id = new_request_id()
-        started = time.monotonic()
+        started = clock.monotonic()
 
         async def mark_pending() -> None:
             await waiting.wait()
@@ -360,7 +359,7 @@ class Road:
                 execution_uid=ex.uid,
                 execution_ref=ex.ref,
                 created=ex.created,
-                deadline=(ex.created if attempt == 1 else time.time())
+                deadline=(ex.created if attempt == 1 else clock.time())
                 + pool.spec.queue_timeout_seconds,
                 timeout_seconds=ex.spec.timeout_seconds,
                 request_id=request_id,
@@ -372,7 +371,7 @@ class Road:
                 marker.result()
             else:
                 marker.cancel()
-        metrics.STEP.labels("claim").observe(time.monotonic() - started)
+        metrics.STEP.labels("claim").observe(clock.monotonic() - started)
         sandbox = st.Sandbox(
             pool=pool.name,
             pod=claimed.pod.name,
@@ -452,7 +451,7 @@ class Road:
             + podspec.DEADLINE_SLACK_SECONDS
             + s.grace_seconds
         )
-        started = time.monotonic()
+        started = clock.monotonic()
         held = await self.rt.preattach.take(sandbox.pod) if fresh else None
         metrics.DELIVERIES.labels("held" if held else "new").inc()
         try:
@@ -468,7 +467,7 @@ class Road:
             )
         except NeverSent as err:
             raise NotStarted(str(err)) from err
-        metrics.STEP.labels("deliver_and_run").observe(time.monotonic() - started)
+        metrics.STEP.labels("deliver_and_run").observe(clock.monotonic() - started)
         report = delivery.report
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
@@ -493,7 +492,7 @@ class Road:
                 f"pod {sandbox.pod} ended ({pod.terminated.reason}, exit "
                 f"{pod.terminated.exit_code}) before receiving the code"
             )
-        overdue = time.time() >= deadline and pod.terminated is None and not pod.gone
+        overdue = clock.time() >= deadline and pod.terminated is None and not pod.gone
         # Started if either record says so; unknown while the pod has no final record to
         # consult (gone, or not yet terminated as it is being deleted).
         code_started: bool | None = True
@@ -572,7 +571,7 @@ class Road:
         )
         lang = ex.spec.language
         metrics.EXECUTIONS.labels(lang, outcome.reason.value).inc()
-        metrics.END_TO_END.labels(lang).observe(max(0.0, time.time() - ex.created))
+        metrics.END_TO_END.labels(lang).observe(max(0.0, clock.time() - ex.created))
         if report is not None and report.wall_ms is not None:
             metrics.RUN_TIME.labels(lang).observe(report.wall_ms / 1000)
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from codeexec import metrics, podspec
+from codeexec import clock, metrics, podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
@@ -190,7 +188,7 @@ class PoolManager:
                 log.warning("pool %s: reconcile failed (%d): %r", pool.name, failures, err)
             delay = 5.0 if failures == 0 else min(30.0, 0.5 * 2**failures)
             if pool.report_due is not None:
-                delay = max(0.05, min(delay, pool.report_due - time.monotonic()))
+                delay = max(0.05, min(delay, pool.report_due - clock.monotonic()))
             wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
             wait_wake = asyncio.ensure_future(pool.wake.wait())
             try:
@@ -202,7 +200,7 @@ class PoolManager:
                 wait_wake.cancel()
 
     async def _reconcile(self, pool: Pool) -> None:
-        now = time.time()
+        now = clock.time()
         seen = {p.name for p in self.cache.of_pool(pool.name)}
         # Forget expectations the watch has confirmed, or that are too old to still arrive.
         pool.expected = {n: t for n, t in pool.expected.items() if n not in seen and now - t < 60}
@@ -231,7 +229,7 @@ class PoolManager:
                     for p in self.cache.of_pool(pool.name)
                     if p.state == podspec.WARM and not p.deleting and p.template == pool.template
                 ),
-                key=lambda p: (p.ready, p.created or datetime.now(UTC)),
+                key=lambda p: (p.ready, p.created or clock.now()),
             )
             for pod in warm[:surplus]:
                 await self._delete_warm(pod)
@@ -262,7 +260,7 @@ class PoolManager:
         if status == pool.last_status:
             pool.report_due = None
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - pool.last_report < STATUS_INTERVAL_SECONDS:
             pool.report_due = pool.last_report + STATUS_INTERVAL_SECONDS
             return

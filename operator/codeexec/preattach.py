@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from codeexec import metrics, podspec
+from codeexec import clock, metrics, podspec
 from codeexec.kube.attach import AttachError, AttachSession, open_attach
 from codeexec.kube.client import Kube
 from codeexec.podcache import PodCache, PodView
@@ -128,13 +127,13 @@ class Preattacher:
                 else:
                     held.session = session
                     held.opened.set()
-                    opened_at = time.monotonic()
+                    opened_at = clock.monotonic()
                     await session.wait_closed()
                     held.opened.clear()
                     held.session = None
                     # A session that lived long ended of old age (idle timeouts), not a fault.
                     failures = (
-                        1 if time.monotonic() - opened_at > LONG_LIVED_SECONDS else failures + 1
+                        1 if clock.monotonic() - opened_at > LONG_LIVED_SECONDS else failures + 1
                     )
                     log.debug("pre-attached session to %s ended", name)
                 # Dropped sessions are reopened while the pod stays warm; back off so a pod

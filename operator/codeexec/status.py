@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from codeexec import jsonbounds
+from codeexec import clock, jsonbounds
 from codeexec.api.models import ArtifactInfo, ErrorInfo, ExecutionResult, Phase, ValueOmitted
 from codeexec.outcomes import Outcome, Reason, signal_name
 from codeexec.protocol import Report, public_id
@@ -23,7 +23,7 @@ MAX_MESSAGE_CHARS = 4 * 1024
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return clock.now()
 
 
 def timestamp(at: datetime) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
+from codeexec import clock
 from codeexec.kube.client import EVENTS, ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class Recorder:
 
     async def _post(self, obj: dict[str, Any], reason: str, message: str, warning: bool) -> None:
         meta = obj["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -1,0 +1,135 @@
+"""One operator replica on the fake API server, wired as handlers.py wires it under Kopf.
+
+Kopf itself is not run: a list+watch of `CodeExecution`s and `SandboxPool`s hands every event to
+the same rooms (Executions.observe, PoolManager.upsert/remove) the Kopf handlers call. Crashing
+a replica freezes its client (every call hangs, as for a SIGKILLed process whose requests are
+either applied or not) and cancels its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+from typing import Any
+
+from codeexec.claim import Broker
+from codeexec.controller import Executions
+from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Resource
+from codeexec.kube.events import Recorder
+from codeexec.lifecycle import Runtime
+from codeexec.podcache import PodCache
+from codeexec.pool import PoolManager
+from codeexec.preattach import Preattacher
+from codeexec.settings import Settings
+
+from .client import FakeKube
+from .server import FakeApi
+
+SANDBOX = "sbx"
+TENANT = "team"
+
+SETTINGS = Settings(
+    sandbox_namespace=SANDBOX,
+    namespaces=(),
+    pool_selector="",
+    keep_bytes=65536,
+    max_output_bytes=1 << 20,
+    max_attempts=3,
+    grace_seconds=15.0,
+    metrics_port=0,
+    leader_election=False,
+    lease_namespace="codeexec-system",
+    lease_name="codeexec-operator",
+    identity="op-a",
+)
+
+
+class Replica:
+    def __init__(self, api: FakeApi, name: str = "op-a", **settings: Any) -> None:
+        self.api = api
+        self.name = name
+        self.kube = FakeKube(api, name)
+        self.settings = replace(SETTINGS, identity=name, **settings)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.rt: Runtime | None = None
+        self.executions: Executions | None = None
+
+    def build(self) -> Runtime:
+        kube, s = self.kube, self.settings
+        cache = PodCache(kube, s.sandbox_namespace)
+        pools = PoolManager(kube, cache, s.sandbox_namespace, s.pool_selector)
+        pre = Preattacher(kube, cache, s.sandbox_namespace, serves=lambda p: p.pool in pools.pools)
+        broker = Broker(kube, cache, s.sandbox_namespace)
+        self.rt = Runtime(s, kube, cache, pools, broker, Recorder(kube), pre)
+        self.executions = Executions(self.rt)
+        return self.rt
+
+    async def start(self) -> None:
+        rt = self.rt or self.build()
+        assert self.executions is not None
+        spawn = asyncio.get_running_loop().create_task
+        self.tasks = [
+            spawn(rt.cache.run(), name=f"{self.name}/pod-watch"),
+            spawn(rt.preattach.run(), name=f"{self.name}/preattach"),
+            spawn(self.executions.janitor.run(), name=f"{self.name}/janitor"),
+            spawn(self.executions.sweep(), name=f"{self.name}/sweep"),
+        ]
+        await rt.pools.initial_sync()
+        await rt.cache.synced.wait()
+        await rt.pools.collect_orphans()
+        self.tasks += [
+            spawn(self._feed(SANDBOX_POOLS, self._pool_event), name=f"{self.name}/pools"),
+            spawn(self._feed(CODE_EXECUTIONS, self._execution_event), name=f"{self.name}/ex"),
+        ]
+
+    def _pool_event(self, type_: str | None, body: dict[str, Any]) -> None:
+        assert self.rt is not None
+        if type_ == "DELETED":
+            asyncio.get_running_loop().create_task(self.rt.pools.remove(body["metadata"]["name"]))
+        else:
+            self.rt.pools.upsert(body)
+
+    def _execution_event(self, type_: str | None, body: dict[str, Any]) -> None:
+        assert self.executions is not None
+        self.executions.observe(type_, body)
+
+    async def _feed(self, res: Resource, handle: Any) -> None:
+        """What Kopf does for an @on.event handler: list, then watch, re-listing on 410."""
+        while True:
+            try:
+                listing = await self.kube.list(res)
+                for item in listing["items"]:
+                    handle(None, item)
+                rv = listing["metadata"]["resourceVersion"]
+                while True:
+                    async for ev in self.kube.watch(res, resource_version=rv):
+                        rv = ev["object"]["metadata"]["resourceVersion"]
+                        handle(ev["type"], ev["object"])
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, Exception):
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """A graceful shutdown, as handlers.cleanup does it."""
+        assert self.executions is not None and self.rt is not None
+        await self.executions.stop()
+        await self.rt.pools.stop()
+        await self.cancel()
+
+    async def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def crash(self) -> None:
+        """SIGKILL: nothing this process has in flight is answered, nothing more is sent."""
+        self.kube.frozen = True
+        assert self.executions is not None
+        tasks = [*self.tasks, *self.executions.tasks.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.sleep(0)

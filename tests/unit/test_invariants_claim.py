@@ -1,0 +1,119 @@
+"""Invariants of the claim (claim.Broker) on the fake API server, in virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from codeexec import clock, podspec
+from codeexec.claim import Broker, Claimed, NoPodInTime
+from codeexec.podcache import PodCache
+from tests.fakeapi import vtime
+from tests.fakeapi.client import FakeKube
+from tests.fakeapi.operator import SANDBOX
+from tests.fakeapi.world import World
+
+
+def _warm_pod(w: World, name: str) -> None:
+    from codeexec.api.models import SandboxPoolSpec
+
+    spec = SandboxPoolSpec.model_validate({"language": "python", "image": "runner:test"})
+    manifest = podspec.sandbox_pod("python", spec, SANDBOX)
+    manifest["metadata"]["name"] = name
+    w.api.create("pods", SANDBOX, manifest)
+
+
+async def _cache(w: World, name: str) -> tuple[FakeKube, PodCache, Broker]:
+    kube = FakeKube(w.api, name)
+    cache = PodCache(kube, SANDBOX)
+    asyncio.get_running_loop().create_task(cache.run())
+    await cache.synced.wait()
+    return kube, cache, Broker(kube, cache, SANDBOX)
+
+
+def _template() -> str:
+    from codeexec.api.models import SandboxPoolSpec
+
+    spec = SandboxPoolSpec.model_validate({"language": "python", "image": "runner:test"})
+    return podspec.template_hash(spec)
+
+
+async def _claim(broker: Broker, uid: str, created: float, within: float) -> Claimed:
+    return await broker.claim(
+        "python",
+        _template(),
+        execution_uid=uid,
+        execution_ref=f"team/{uid}",
+        created=created,
+        deadline=clock.time() + within,
+        timeout_seconds=30,
+        request_id=f"req-{uid}",
+        attempt=1,
+    )
+
+
+def test_one_warm_pod_is_won_by_exactly_one_claimer() -> None:
+    """Two brokers (two replicas' caches) see the same warm pod and both try to claim it.
+
+    Catches a claim that is not conditioned on the pod's resourceVersion (double adoption from
+    a stale cache). Caught: removing `"resourceVersion": resource_version` from
+    podspec.claim_patch made both claimers win the pod and this test fail.
+    """
+
+    async def scenario() -> None:
+        w = World(pool_size=0)
+        _warm_pod(w, "python-only")
+        _, cache_a, a = await _cache(w, "op-a")
+        _, cache_b, b = await _cache(w, "op-b")
+        await vtime.until(
+            lambda: all(
+                (c.pods.get("python-only") is not None and c.pods["python-only"].warm_ready)
+                for c in (cache_a, cache_b)
+            )
+        )
+        results = await asyncio.gather(
+            _claim(a, "uid-a", 1.0, 5.0), _claim(b, "uid-b", 1.0, 5.0), return_exceptions=True
+        )
+        winners = [r for r in results if isinstance(r, Claimed)]
+        assert len(winners) == 1, results
+        assert sum(isinstance(r, NoPodInTime) for r in results) == 1, results
+        pod = w.api.get("pods", SANDBOX, "python-only")
+        assert pod["metadata"]["labels"][podspec.CLAIMED_BY_LABEL] == winners[0].pod.claimed_by
+
+    vtime.run(scenario)
+
+
+def test_a_cancelled_waiter_returns_its_pod() -> None:
+    """A queued execution is deleted (its task cancelled) just after the broker handed it a pod
+    and before it resumed: the pod must go back to the next waiter.
+
+    Catches finding 3 (the pod name stayed in `reserved` forever: warm, counted, unclaimable).
+    Caught: on main before the fix this test failed (the next claimer got NoPodInTime while the
+    pod stayed warm); removing the `q.reserved.discard` in Broker.claim's cancellation path
+    made it fail again.
+    """
+
+    async def scenario() -> None:
+        w = World(pool_size=0)
+        _, cache, broker = await _cache(w, "op-a")
+        first = asyncio.get_running_loop().create_task(_claim(broker, "uid-a", 1.0, 600.0))
+        await vtime.settle(1.0)
+        assert broker.waiting("python") == 1
+        # The pod turns warm in the API server while this replica's watch lags behind it.
+        w.api.watch_lag = 1000.0
+        _warm_pod(w, "python-only")
+        await vtime.until(lambda: w.warm_ready() == 1)
+        # The cache learns of it; before the first waiter runs again, a second execution
+        # arrives (its broker call hands the pod to the first, the head of the line), and the
+        # first is cancelled (its CodeExecution was deleted).
+        cache.apply("MODIFIED", w.api.get("pods", SANDBOX, "python-only"))
+        second = asyncio.get_running_loop().create_task(_claim(broker, "uid-b", 2.0, 30.0))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        claimed = await second
+        assert claimed.pod.name == "python-only"
+
+    vtime.run(scenario)
