@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -50,7 +51,7 @@ class Partitioned(aiohttp.ClientConnectionError):
 
 class FakeKube(Kube):
     def __init__(self, api: FakeApi, name: str = "operator") -> None:
-        super().__init__(Connection(server=SERVER, ssl_context=False))
+        super().__init__(Connection(server=SERVER, ssl_context=ssl.create_default_context()))
         self.api = api
         self.name = name
         self.cut = False  # a partition: every call fails at once
@@ -81,6 +82,7 @@ class FakeKube(Kube):
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        verb: str | None = None,
     ) -> JSON:
         plural, ns, name, sub = split(path)
         # The body crosses a wire: the server never shares objects with its clients.
