@@ -38,24 +38,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import report
-from bench.common import (
-    CLAIMED_BY,
-    ApiProbe,
-    Informer,
-    MachineLoad,
-    Operator,
+from bench.cluster import CLAIMED_BY, ApiProbe, Informer
+from bench.command import (
     add_common_args,
     bench_main,
-    create_namespace,
-    create_pool,
     fresh_start,
-    machine_info,
     on_cluster,
-    results_paths,
-    save_section,
     smoke_defaults,
     teardown,
-    utcnow,
+)
+from bench.operator import Operator
+from bench.results import MachineLoad, machine_info, results_paths, save_section, utcnow
+from bench.workload import (
+    create_namespace,
+    create_pool,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
+from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
 
 log = logging.getLogger("bench")
 

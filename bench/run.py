@@ -30,35 +30,37 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import (
-    BENCH_DIR,
-    REPO,
-    ApiProbe,
-    Informer,
-    MachineLoad,
-    Metrics,
-    Operator,
-    Waiters,
+from bench.cluster import ApiProbe, Informer, Waiters, node_info, raw_get
+from bench.command import (
     add_common_args,
-    apiserver_metrics,
-    bare_pod,
     bench_main,
-    counter_delta,
-    create_namespace,
-    create_pool,
     fresh_start,
+    on_cluster,
+    smoke_defaults,
+    teardown,
+)
+from bench.metrics import (
+    Metrics,
+    apiserver_metrics,
+    counter_delta,
     histogram_delta,
     kubelet_metrics,
+)
+from bench.operator import Operator
+from bench.results import (
+    BENCH_DIR,
+    REPO,
+    MachineLoad,
     machine_info,
-    node_info,
-    on_cluster,
-    raw_get,
     results_paths,
     save_section,
-    smoke_defaults,
     summarize,
-    teardown,
     utcnow,
+)
+from bench.workload import (
+    bare_pod,
+    create_namespace,
+    create_pool,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,

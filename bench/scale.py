@@ -25,28 +25,21 @@ import time
 from typing import Any
 
 from bench import report
-from bench.common import (
-    ApiProbe,
-    Informer,
-    MachineLoad,
-    Metrics,
-    Operator,
+from bench.cluster import ApiProbe, Informer, raw_get
+from bench.command import (
     add_common_args,
     bench_main,
-    counter_delta,
+    fresh_start,
+    on_cluster,
+    smoke_defaults,
+    teardown,
+)
+from bench.metrics import Metrics, counter_delta, only
+from bench.operator import Operator
+from bench.results import MachineLoad, machine_info, results_paths, save_section, summarize, utcnow
+from bench.workload import (
     create_namespace,
     create_pool,
-    fresh_start,
-    machine_info,
-    on_cluster,
-    only,
-    raw_get,
-    results_paths,
-    save_section,
-    smoke_defaults,
-    summarize,
-    teardown,
-    utcnow,
     wait_namespaces_gone,
     wait_no_foreign_operator,
     wait_pools_full,
