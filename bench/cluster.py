@@ -51,6 +51,7 @@ CLAIMED_BY = "codeexec.io/claimed-by"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
 NODES = Resource("", "v1", "nodes", namespaced=False)
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
 
 T = TypeVar("T")
 
@@ -113,6 +114,17 @@ async def wait_cluster(timeout: float = 900, interval: float = 30) -> Kube:
             raise Abort(f"cluster not usable after {timeout:.0f}s: {problem}")
         log.info("waiting for the cluster (%s); next look in %.0fs", problem, interval)
         await asyncio.sleep(interval)
+
+
+async def whole(kube: Kube) -> bool:
+    """The API server ready and every node Ready: the cluster after a fault is whole again."""
+    try:
+        if (await raw_get(kube, "/readyz", timeout=5)).strip() != "ok":
+            return False
+        nodes = (await kube.list(NODES)).get("items", [])
+    except (OSError, ApiError, aiohttp.ClientError, TimeoutError):
+        return False
+    return bool(nodes) and all(_node_ready(n) for n in nodes)
 
 
 def _node_ready(node: dict[str, Any]) -> bool:

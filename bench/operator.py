@@ -115,12 +115,17 @@ class Operator:
         namespaces: list[str],
         log_name: str,
         env: dict[str, str] | None = None,
+        port: int = METRICS_PORT,
+        cgroup: Path | None = None,
     ) -> None:
         self.sandbox_namespace = sandbox_namespace
         self.namespaces = namespaces
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.log_path = LOG_DIR / f"{log_name}.log"
         self.extra_env = env or {}
+        self._port = port
+        # A cgroup v2 directory the process starts in (make chaos cuts its traffic by it).
+        self.cgroup = cgroup
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler = Sampler()
         self.starts = 0
@@ -129,7 +134,7 @@ class Operator:
 
     @property
     def port(self) -> int:
-        return METRICS_PORT
+        return self._port
 
     @property
     def pid(self) -> int:
@@ -160,8 +165,10 @@ class Operator:
         log_fh = self.log_path.open("ab")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.opwrap", "operator"]
-            + (["-v"] if os.environ.get("BENCH_OPERATOR_VERBOSE") else []),
+            self._in_cgroup(
+                [sys.executable, "-m", "bench.opwrap", "operator"]
+                + (["-v"] if os.environ.get("BENCH_OPERATOR_VERBOSE") else [])
+            ),
             env=env,
             stdout=log_fh,
             stderr=subprocess.STDOUT,
@@ -172,6 +179,35 @@ class Operator:
         self.starts += 1
         self.sampler.watch(self.proc.pid)
         return t0
+
+    def _in_cgroup(self, argv: list[str]) -> list[str]:
+        """argv, started inside self.cgroup (the shell joins it, then execs: same PID)."""
+        if self.cgroup is None:
+            return argv
+        join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        return ["sh", "-c", join, str(self.cgroup), *argv]
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen as a whole (a GC pause, a throttled or stuck VM)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+
+    async def healthy(self) -> bool:
+        """/healthz: alive (a standby waiting for the lease is healthy, not ready)."""
+        if not self.alive():
+            return False
+        try:
+            session = await self.http()
+            async with session.get(f"http://127.0.0.1:{self.port}/healthz") as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     async def http(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -200,6 +236,20 @@ class Operator:
         t0 = self.spawn()
         return await self.wait_ready(t0, timeout)
 
+    async def ensure_ready(self, attempts: int = 5) -> None:
+        """Running and ready: (re)spawned as needed; a start that does not get ready is killed
+        and tried again."""
+        for _ in range(attempts):
+            if not self.alive():
+                self.spawn()
+            try:
+                await self.wait_ready(timeout=90)
+                return
+            except (RuntimeError, TimeoutError) as err:
+                log.error("operator did not become ready: %s\n%s", err, self.log_tail(20))
+                self.kill()
+        raise RuntimeError(f"operator does not start; see {self.log_path}")
+
     async def metrics(self) -> Metrics:
         session = await self.http()
         async with session.get(f"http://127.0.0.1:{self.port}/metrics") as resp:
@@ -218,6 +268,7 @@ class Operator:
             assert self.proc is not None
             self.sampler.sample(self.proc.pid)
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a paused process must run to stop
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

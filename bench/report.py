@@ -331,8 +331,11 @@ def render_bench(r: dict[str, Any]) -> str:
 
 def render_chaos(r: dict[str, Any]) -> str:
     out = [f"## make chaos ({r.get('started', '?')}{', smoke' if r.get('smoke') else ''})", ""]
+    scenarios = r.get("scenarios", {})
+    classic = {k: s for k, s in scenarios.items() if "fault_seconds" not in s}
+    faults = {k: s for k, s in scenarios.items() if "fault_seconds" in s}
     rows = []
-    for name, s in r.get("scenarios", {}).items():
+    for name, s in classic.items():
         rows.append(
             [
                 name,
@@ -367,7 +370,9 @@ def render_chaos(r: dict[str, Any]) -> str:
         )
     )
     out.append("")
-    for name, s in r.get("scenarios", {}).items():
+    if faults:
+        out.append(render_faults(faults))
+    for name, s in scenarios.items():
         cls = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("classification", {}).items()))
         out.append(f"- {name} classification: {cls}")
         mism = s.get("unexpected_classification", {})
@@ -375,6 +380,43 @@ def render_chaos(r: dict[str, Any]) -> str:
             out.append(f"  - not the program's own outcome (expected -> got): {mism}")
     out.append("")
     return "\n".join(out)
+
+
+def render_faults(faults: dict[str, Any]) -> str:
+    """The cluster faults: safety figures, the fault's length and the recovery after it."""
+    rows = [
+        [
+            name,
+            s["executions"],
+            s["duplicates"],
+            s["lost_results"],
+            s["leaked_pods"],
+            s.get("stuck", 0),
+            s.get("unproven", 0),
+            s.get("terminal_rewrites", 0),
+            s.get("caught_by_fault", 0),
+            s.get("fault_seconds", "-"),
+            "-" if s.get("recovery_seconds") is None else s["recovery_seconds"],
+            ("passed" if s.get("passed") else "**failed**")
+            + (f" ({s['fault_error']})" if s.get("fault_error") else ""),
+        ]
+        for name, s in faults.items()
+    ]
+    headers = [
+        "cluster fault",
+        "executions",
+        "started twice",
+        "lost",
+        "leaked pods",
+        "stuck",
+        "unproven",
+        "terminal rewrites",
+        "caught by the fault",
+        "fault s",
+        "recovery s",
+        "",
+    ]
+    return md_table(headers, rows) + "\n"
 
 
 # ---- scale ---------------------------------------------------------------------------------

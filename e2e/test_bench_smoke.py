@@ -52,11 +52,38 @@ def test_bench_measures_warm_cold_and_throughput(cluster: Cluster) -> None:
 
 
 def test_chaos_never_runs_code_twice_leaks_or_loses(cluster: Cluster) -> None:
-    r = run_bench(cluster, "bench.chaos")["chaos"]
+    r = run_bench(cluster, "bench.chaos", "--scenarios", "classic")["chaos"]
     assert set(r["scenarios"]) == {"operator-kill", "pod-delete"}
     for name, s in r["scenarios"].items():
         assert s["terminal"] == s["executions"], name
         assert (s["duplicates"], s["leaked_pods"], s["lost_results"]) == (0, 0, 0), (name, s)
+    assert r["passed"] is True
+
+
+CLUSTER_FAULTS = {
+    "apiserver-stop",
+    "etcd-restart",
+    "kubelet-restart",
+    "containerd-restart",
+    "api-partition",
+    "leader-pause",
+    "node-drain",
+}
+
+
+def test_cluster_faults_never_run_code_twice_lose_leak_or_wedge(cluster: Cluster) -> None:
+    """Issue 11: the short forms of the real-cluster faults (the API server stopped, etcd,
+    kubelet and containerd restarted, the operator cut off from the API server, the leader
+    paused past its lease with a standby running, the node drained under the chart's operator).
+    Disruptive: every component of the cluster is stopped once; CI runs nothing else meanwhile."""
+    r = run_bench(cluster, "bench.chaos", "--scenarios", "cluster")["chaos"]
+    assert set(r["scenarios"]) == CLUSTER_FAULTS
+    for name, s in r["scenarios"].items():
+        assert not s.get("fault_error"), (name, s["fault_error"])
+        assert s["caught_by_fault"] > 0, (name, "the fault hit no execution in flight")
+        assert s["terminal"] == s["executions"], (name, s["lost_details"])
+        figures = {k: s[k] for k in ("duplicates", "lost_results", "leaked_pods", "stuck")}
+        assert figures == dict.fromkeys(figures, 0), (name, figures, s)
     assert r["passed"] is True
 
 

@@ -283,4 +283,5 @@ main() {
   date -Is >"$UP_MARKER"
 }
 
-main "$@"
+# Sourced (component.sh reuses the start_* functions): define only.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
