@@ -66,7 +66,7 @@ bench: bench-deps cluster-up images ## warm vs cold latency, throughput vs raw p
 	$(PY) -m bench
 
 .PHONY: chaos
-chaos: venv cluster-up images ## 200 executions while the operator is SIGKILLed and sandbox pods are deleted
+chaos: venv tools cluster-up images ## executions under fire: operator kills, pod deletions, 7 cluster faults (disruptive)
 	$(PY) -m bench.chaos
 
 .PHONY: scale
@@ -74,7 +74,7 @@ scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operat
 	$(PY) -m bench.scale
 
 .PHONY: bench-smoke
-bench-smoke: bench-deps cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
+bench-smoke: bench-deps tools cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
 	$(PY) -m bench --smoke
 	$(PY) -m bench.chaos --smoke
 	$(PY) -m bench.scale --smoke

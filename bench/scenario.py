@@ -96,6 +96,7 @@ class Scenario:
         self.submitted = 0
         self.window: Window | None = None
         self.fault_error = ""
+        self.running_at_fault = 0
         # Set STUCK_AFTER_S after the fault's end: nobody waits longer for an execution.
         self.give_up = asyncio.Event()
         self.trigger, self.triggered = self.n, asyncio.Event()
@@ -243,8 +244,18 @@ class Scenario:
 
         async def inject() -> None:
             await self.triggered.wait()
-            await asyncio.sleep(1.0)  # those just submitted are claimed and running
-            log.info("%s: injecting the fault (%d submitted)", self.name, self.submitted)
+            # The fault must catch executions mid-run: some with a claimed pod, not finished.
+            for _ in range(100):
+                if len(self.running()) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            log.info(
+                "%s: injecting the fault (%d submitted, %d running)",
+                self.name,
+                self.submitted,
+                len(self.running()),
+            )
+            self.running_at_fault = len(self.running())
             try:
                 self.window = await fault.inject()
             except Exception as err:
@@ -291,6 +302,11 @@ class Scenario:
             out["fault_error"] = self.fault_error
         return out
 
+    def running(self) -> list[ExecutionTrack]:
+        """Executions not terminal whose claimed pod is alive: running, or about to."""
+        claimed = {p.execution_uid for p in self.pods.live() if p.execution_uid}
+        return [t for t in self.tracks if t.terminal is None and t.uid in claimed]
+
     def recovery(self) -> dict[str, Any]:
         """Stuck executions and recovery time, measured from the fault's window."""
         w = self.window
@@ -320,6 +336,7 @@ class Scenario:
             "stuck_names": stuck[:20],
             "fault_seconds": round(w.end - w.start, 1),
             "caught_by_fault": len(caught),
+            "running_at_fault": self.running_at_fault,
             # From the cluster being whole again until every execution caught by the fault was
             # terminal and one submitted after it had finished: the user's view of recovery.
             "recovery_seconds": round(recovered, 1) if math.isfinite(recovered) else None,
