@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
+
 from bench.cluster import CLAIMED_BY
 from bench.evidence import PROGRAMS, ExecutionTrack, ExecutionTracker, PodRecorder
 from bench.operator import Operator
@@ -38,6 +40,8 @@ POOL_SIZES = {"python": 4, "nodejs": 2}
 # if later). The slowest program takes ~30 s (its timeout); the operator's own give-up is
 # timeout + 15 s grace; two minutes leaves room for a relist and a pod's restart.
 STUCK_AFTER_S = 120.0
+
+NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass
@@ -120,14 +124,21 @@ class Scenario:
                 pool=POOLS[program.language],
                 name=name,
             )
-            for attempt in range(30):
+            for attempt in range(40):  # ~3 min: an API server stopped for 60 s comes back
                 try:
                     created = await self.kube.create(CODE_EXECUTIONS, body, TENANT_NS)
                     track.uid = created["metadata"]["uid"]
                     break
                 except ApiError as err:
+                    if err.conflict:  # an earlier attempt's answer was lost, not its create
+                        with contextlib.suppress(ApiError, *NETWORK_ERRORS):
+                            got = await self.kube.get(CODE_EXECUTIONS, name, TENANT_NS)
+                            track.uid = got["metadata"]["uid"]
+                            break
                     log.warning("create %s failed (%s); retrying", name, err)
-                    await asyncio.sleep(min(5, 0.2 * 2**attempt))
+                except NETWORK_ERRORS as err:
+                    log.warning("create %s failed (%r); retrying", name, err)
+                await asyncio.sleep(min(5, 0.2 * 2**attempt))
             track.submitted = time.monotonic()
             self.submitted += 1
             if self.submitted >= self.trigger:
