@@ -287,8 +287,11 @@ class Scenario:
         try:
             await self.submit_all()
         finally:
-            # The fault always runs to its end: it restores what it broke.
-            await monkey
+            if not self.triggered.is_set():
+                monkey.cancel()  # the submissions failed before the fault began
+            # A fault that began always runs to its end: it restores what it broke.
+            with contextlib.suppress(asyncio.CancelledError):
+                await monkey
         await self.ensure_operator()
         pending = [t for t in self.tracks if t.terminal is None]
         if pending and not self.give_up.is_set():
