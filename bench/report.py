@@ -351,24 +351,25 @@ def render_chaos(r: dict[str, Any]) -> str:
                 s.get("chaos_actions", 0),
             ]
         )
-    out.append(
-        md_table(
-            [
-                "scenario",
-                "executions",
-                "terminal",
-                "started twice",
-                "leaked pods",
-                "lost results",
-                ">1 pod claimed",
-                "unproven",
-                "failed without running",
-                "disturbed",
-                "chaos actions",
-            ],
-            rows,
+    if rows:
+        out.append(
+            md_table(
+                [
+                    "scenario",
+                    "executions",
+                    "terminal",
+                    "started twice",
+                    "leaked pods",
+                    "lost results",
+                    ">1 pod claimed",
+                    "unproven",
+                    "failed without running",
+                    "disturbed",
+                    "chaos actions",
+                ],
+                rows,
+            )
         )
-    )
     out.append("")
     if faults:
         out.append(render_faults(faults))

@@ -344,7 +344,8 @@ class Scenario:
             if t.terminal_at is not None and t.submitted >= w.end
         ]
         first_after = min(after, default=math.inf)
-        recovered = max(settled, first_after if after else 0.0)
+        # Negative when service came back before the fault ended (a standby took over): 0.
+        recovered = max(0.0, settled, first_after if after else 0.0)
         return {
             "stuck": len(stuck),
             "stuck_names": stuck[:20],
