@@ -24,8 +24,10 @@ start_daemon() {
   if pid_alive "$name"; then log "$name already running (pid $(cat "$(pidfile "$name")"))"; return; fi
   log "starting $name"
   # setsid execs in place (we are not a process-group leader), so $! is the daemon's PID.
-  # 9>&-: the daemon must not inherit our lock (take_lock in lib.sh).
-  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
+  # The daemon inherits no descriptor but its stdio: not our lock (take_lock in lib.sh), nor
+  # a caller's (`flock FILE component.sh start ...` would leave FILE locked for the daemon's
+  # whole life, and every later `flock FILE` waiting forever).
+  (close_inherited_fds; exec setsid "$@") </dev/null >>"$LOGS/$name.log" 2>&1 &
   local pid=$! i
   echo "$pid" >"$(pidfile "$name")"
   # Until the forked shell has exec'd, /proc/PID/cmdline is still ours, and pid_alive
@@ -36,6 +38,14 @@ start_daemon() {
     sleep 0.1
   done
   pid_alive "$name" || { tail -n 30 "$LOGS/$name.log" >&2; die "$name did not start"; }
+}
+
+close_inherited_fds() {
+  local fd
+  for fd in /proc/self/fd/*; do
+    fd="${fd##*/}"
+    if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
 # wait_until NAME TIMEOUT_S CMD...: polls CMD until it succeeds; fails early, with the
