@@ -310,3 +310,45 @@ async def test_kopf_is_handed_a_session_like_ours(
         assert context.server == "http://127.0.0.1:1"
     finally:
         await session.close()
+
+
+def test_a_relative_exec_command_is_found_beside_its_kubeconfig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client-go resolves `./bin/plugin` against the kubeconfig's directory, not the cwd."""
+    home = tmp_path / "kube"
+    (home / "bin").mkdir(parents=True)
+    state = tmp_path / "state"
+    user = exec_user(state, "beside")
+    wrapper = home / "bin" / "plugin"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {PLUGIN} {state}\n")
+    wrapper.chmod(0o755)
+    user["exec"]["command"], user["exec"]["args"] = "./bin/plugin", []
+    path = kubeconfig(home / "config", user=user)
+    monkeypatch.chdir(tmp_path)
+    conn = config.from_kubeconfig(str(path))
+    assert conn is not None and conn.bearer() == "beside"
+
+
+def test_an_oidc_id_token_is_sent_while_it_is_valid(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    def part(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    exp = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+    token = f"{part({'alg': 'RS256'})}.{part({'exp': exp, 'sub': 'me'})}.c2ln"
+    user = {
+        "auth-provider": {
+            "name": "oidc",
+            "config": {
+                "client-id": "kubectl",
+                "idp-issuer-url": "https://issuer.invalid",
+                "id-token": token,
+                "refresh-token": "r",
+            },
+        }
+    }
+    conn = config.from_kubeconfig(str(kubeconfig(tmp_path / "k", user=user)))
+    assert conn is not None and conn.bearer() == token

@@ -238,6 +238,18 @@ def _plain(node: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _resolve_exec_commands(users: list[Any]) -> None:
+    """As client-go does: an exec command with a path separator that is not absolute is
+    relative to the kubeconfig file that names it (`./bin/get-token`); a bare name is looked
+    up on PATH."""
+    for node in users:
+        source = getattr(node, "path", None)
+        plugin = (_plain(node).get("user") or {}).get("exec")
+        command = str((plugin or {}).get("command") or "")
+        if plugin and source and os.sep in command and not os.path.isabs(command):
+            plugin["command"] = os.path.join(os.path.dirname(os.path.abspath(source)), command)
+
+
 def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
@@ -265,6 +277,7 @@ def from_kubeconfig(path: str | None = None, context: str | None = None) -> Conn
     merged = merger.config
     if merged is None:
         return None
+    _resolve_exec_commands(merged.value.get("users") or [])
     contexts = {_plain(c).get("name"): _plain(c) for c in merged.value.get("contexts") or []}
     # kubectl: the first file that sets current-context wins (the merger keeps the last).
     current = next(
