@@ -146,13 +146,15 @@ def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
     # Image tags default to the chart's appVersion, the sandbox images' too.
     assert container["image"] == f"codeexec.local/operator:{APP_VERSION}"
     assert container["args"] == ["operator"]
-    # One replica without a Lease: the old pod must stop before the new one starts.
+    # The old pod must stop before the new one starts.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     env = env_of(deployment)
     assert env["CODEEXEC_SANDBOX_NAMESPACE"] == "codeexec-sandbox"
     assert env["CODEEXEC_NAMESPACES"] == ""
     assert env["CODEEXEC_POOL_SELECTOR"] == f"codeexec.io/instance={RELEASE}-codeexec-operator"
-    assert env["CODEEXEC_LEADER_ELECTION"] == "false"
+    # Always elected: `kubectl scale` can add a replica the chart never hears of.
+    assert env["CODEEXEC_LEADER_ELECTION"] == "true"
+    assert find(docs, "Lease", f"{RELEASE}-codeexec-operator")
     assert env["CODEEXEC_LEASE_NAMESPACE"] == RELEASE_NS
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
@@ -179,7 +181,7 @@ def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
     assert not [
         d
         for d in docs
-        if d["kind"] in ("Lease", "ServiceMonitor", "RuntimeClass", "PodDisruptionBudget")
+        if d["kind"] in ("ServiceMonitor", "RuntimeClass", "PodDisruptionBudget")
     ]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from codeexec import clock, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
+from codeexec.kube.lease import Fence, unfenced
 from codeexec.podcache import PodCache, PodView, view
 from codeexec.status import timestamp
 
@@ -49,8 +50,11 @@ class _PoolQueue:
 
 
 class Broker:
-    def __init__(self, kube: Kube, cache: PodCache, namespace: str) -> None:
+    def __init__(
+        self, kube: Kube, cache: PodCache, namespace: str, fence: Fence = unfenced
+    ) -> None:
         self.kube = kube
+        self.fence = fence
         self.cache = cache
         self.namespace = namespace
         self._queues: dict[str, _PoolQueue] = {}
@@ -166,6 +170,7 @@ class Broker:
             started = datetime.fromisoformat(pod.start_time.replace("Z", "+00:00"))
             age = max(0, int((now - started).total_seconds()) + 1)
             deadline = min(deadline, age + timeout_seconds + podspec.DEADLINE_SLACK_SECONDS)
+        term = self.fence()  # a deposed leader claims nothing
         patch = podspec.claim_patch(
             execution_uid,
             execution_ref,
@@ -174,6 +179,7 @@ class Broker:
             request_id=request_id,
             claimed_at=timestamp(now),
             attempt=attempt,
+            term=term,
         )
         try:
             body = await self.kube.patch(PODS, pod.name, patch, self.namespace)

@@ -20,6 +20,7 @@ from codeexec.kube.attach import (
     open_attach,
 )
 from codeexec.kube.client import Kube
+from codeexec.kube.lease import Fence, NotLeading, unfenced
 from codeexec.podcache import PodCache
 from codeexec.protocol import ArtifactRecord, Report, ReportReader, Request
 
@@ -51,12 +52,14 @@ class NeverSent(Exception):
 class _Exchange:
     """One attach session's worth of sending and listening."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, fence: Fence) -> None:
         self.request = request
+        self.fence = fence
         self.reader = ReportReader(request.id, request.max_line_bytes())
         self.sent = False
 
     async def run(self, session: AttachSession, pod: str, *, confirm: bool) -> Report | None:
+        self.fence()  # a deposed leader sends nothing, not even a resend
         self.sent = True  # from here on, some bytes may be out: never call it unsent again
         await session.send(self.request.encode())
         # Give the bytes time to cross the wire: the test wants the code running, not lost.
@@ -101,6 +104,7 @@ async def deliver(
     *,
     held: AttachSession | None = None,
     fresh: bool = False,
+    fence: Fence = unfenced,
 ) -> Delivery:
     """The report, or none when the pod ended, vanished or the deadline passed without one.
 
@@ -111,7 +115,7 @@ async def deliver(
     Sending is safe to repeat: the runner reads exactly one request line in its life, so a
     resumed operator re-attaches and re-sends without any risk of the code starting twice.
     """
-    exchange = _Exchange(request)
+    exchange = _Exchange(request, fence)
     report = await _deliver(kube, cache, namespace, pod, exchange, deadline, held, fresh)
     started = exchange.reader.started or (report is not None and report.started)
     artifacts = tuple(exchange.reader.artifacts) if report is not None else ()
@@ -186,6 +190,8 @@ async def _listen(
         return reading.result()
     except AttachError as err:
         log.info("attach to %s failed: %s", pod, err)
+    except NotLeading:
+        raise
     except Exception as err:  # a broken stream: fall back on the pod's record
         log.info("attach to %s broke: %r", pod, err)
     return None

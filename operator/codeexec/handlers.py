@@ -22,7 +22,7 @@ from codeexec.controller import Executions
 from codeexec.kube import config, kopfjson
 from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube, new_session
 from codeexec.kube.events import Recorder
-from codeexec.kube.lease import LeaderElector
+from codeexec.kube.lease import Fence, LeaderElector, unfenced
 from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
@@ -116,12 +116,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     leadership: list[asyncio.Task[None]] = []
     STATE.elector = None
+    fence: Fence = unfenced
     if cfg.leader_election:
         elector = LeaderElector(kube, cfg.lease_namespace, cfg.lease_name, cfg.identity)
         standing_by.set()
         await elector.acquire()
         standing_by.clear()
         STATE.elector = elector
+        fence = elector.fence
         leadership.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     ns = cfg.sandbox_namespace
     try:
@@ -132,7 +134,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     cache = PodCache(kube, ns)
     pools = PoolManager(kube, cache, ns, cfg.pool_selector)
     preattach = Preattacher(kube, cache, ns, serves=lambda pod: pod.pool in pools.pools)
-    rt = Runtime(cfg, kube, cache, pools, Broker(kube, cache, ns), Recorder(kube), preattach)
+    broker = Broker(kube, cache, ns, fence=fence)
+    rt = Runtime(cfg, kube, cache, pools, broker, Recorder(kube), preattach, fence=fence)
     STATE.rt = rt
     STATE.executions = Executions(rt)
     STATE.tasks = [

@@ -35,6 +35,7 @@ from codeexec.deliver import NeverSent, deliver
 from codeexec.files import FileProblem, Resolved, resolve, static_problem
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
 from codeexec.kube.events import Recorder
+from codeexec.kube.lease import Fence, unfenced
 from codeexec.outcomes import Evidence, Outcome, Reason, classify
 from codeexec.podcache import PodCache
 from codeexec.poddelete import delete_pod
@@ -69,6 +70,8 @@ class Runtime:
     preattach: Preattacher
     # Which store keeps a pool's artifacts (made on first use when not given).
     stores: Stores | None = None
+    # Asked before each send (kube/lease.py): a deposed leader sends nothing.
+    fence: Fence = unfenced
 
 
 @dataclass
@@ -464,6 +467,7 @@ class Road:
                 deadline,
                 held=held,
                 fresh=fresh,
+                fence=self.rt.fence,
             )
         except NeverSent as err:
             raise NotStarted(str(err)) from err

@@ -26,6 +26,8 @@ EXECUTION_ANNOTATION = "codeexec.io/execution"
 REQUEST_ANNOTATION = "codeexec.io/request-id"
 CLAIMED_AT_ANNOTATION = "codeexec.io/claimed-at"
 ATTEMPT_ANNOTATION = "codeexec.io/attempt"
+# The leader's term (lease holder and transition count) that made the claim.
+TERM_ANNOTATION = "codeexec.io/leader-term"
 CONTAINER = "sandbox"
 
 WARM, CLAIMED = "warm", "claimed"
@@ -209,8 +211,10 @@ def claim_patch(
     request_id: str,
     claimed_at: str,
     attempt: int,
+    term: str = "",
 ) -> dict[str, Any]:
     """Conditioned on resourceVersion: a 409 means another claimer won this pod."""
+    notes = {TERM_ANNOTATION: term} if term else {}
     return {
         "metadata": {
             "resourceVersion": resource_version,
@@ -220,6 +224,7 @@ def claim_patch(
                 REQUEST_ANNOTATION: request_id,
                 CLAIMED_AT_ANNOTATION: claimed_at,
                 ATTEMPT_ANNOTATION: str(attempt),
+                **notes,
             },
         },
         "spec": {"activeDeadlineSeconds": deadline_seconds},

@@ -150,7 +150,7 @@ class _Session:
         await self.kube._gate(Call("attach", plural, ns, name, sub))
         if self.kube.api.attach is None:
             raise _refused(url, 404, "no kubelet")
-        return self.kube.api.attach(ns, name, url)
+        return self.kube.api.attach(ns, name, url, self.kube.name)
 
 
 def _refused(url: str, status: int, message: str) -> aiohttp.WSServerHandshakeError:

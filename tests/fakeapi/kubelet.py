@@ -37,6 +37,7 @@ class Start:
     request_id: str
     claimed_by: str | None
     at: float
+    sender: str  # the client (replica) whose attach session carried the request
 
 
 class FakeSocket:
@@ -44,8 +45,9 @@ class FakeSocket:
 
     protocol = PROTOCOL
 
-    def __init__(self, container: _Container) -> None:
+    def __init__(self, container: _Container, client: str) -> None:
         self.container = container
+        self.client = client
         self.inbox: asyncio.Queue[aiohttp.WSMessage | None] = asyncio.Queue()
         self.closed = False
         self.deaf = False  # a stale session: bytes sent on it vanish, nothing comes back
@@ -72,7 +74,7 @@ class FakeSocket:
             raise ConnectionResetError("attach session closed")
         await asyncio.sleep(0)
         if data and data[0] == STDIN and not self.deaf:
-            self.container.stdin(data[1:])
+            self.container.stdin(data[1:], self.client)
 
     async def close(self) -> None:
         self.end()
@@ -97,7 +99,7 @@ class _Container:
     deadline: asyncio.TimerHandle | None = None
     began: float | None = None
 
-    def stdin(self, data: bytes) -> None:
+    def stdin(self, data: bytes, sender: str) -> None:
         if self.state != "running" or self.request is not None:
             return  # the runner reads one line in its life, then never reads stdin again
         self.buffer += data
@@ -105,18 +107,20 @@ class _Container:
             return
         line = self.buffer.split(b"\n", 1)[0]
         self.request = json.loads(line)
-        self.tasks.append(asyncio.get_running_loop().create_task(self.run(self.request)))
+        self.tasks.append(asyncio.get_running_loop().create_task(self.run(self.request, sender)))
 
     def out(self, line: bytes) -> None:
         for s in list(self.sessions):
             s.deliver(STDOUT, line + b"\n")
 
-    async def run(self, request: dict[str, Any]) -> None:
+    async def run(self, request: dict[str, Any], sender: str) -> None:
         k = self.kubelet
         pod = k.api.read("pods", k.namespace, self.pod) or {"metadata": {}}
         labels = pod["metadata"].get("labels") or {}
         k.starts.append(
-            Start(self.pod, request["id"], labels.get(podspec.CLAIMED_BY_LABEL), clock.time())
+            Start(
+                self.pod, request["id"], labels.get(podspec.CLAIMED_BY_LABEL), clock.time(), sender
+            )
         )
         started = started_line(request["id"]).decode()
         self.message = started
@@ -283,13 +287,13 @@ class Kubelet:
         if self.api.read("pods", self.namespace, name) is not None:
             self.api.put("pods", self.namespace, name, ended)
 
-    def attach(self, namespace: str, name: str, url: str) -> FakeSocket:
+    def attach(self, namespace: str, name: str, url: str, client: str) -> FakeSocket:
         c = self.containers.get(name)
         if self.api.read("pods", namespace, name) is None or c is None:
             raise refused(url, 404, f'pods "{name}" not found')
         if name in self.attach_refused or c.state != "running":
             raise refused(url, 400, "container is not running")
-        sock = FakeSocket(c)
+        sock = FakeSocket(c, client)
         c.sessions.add(sock)
         return sock
 

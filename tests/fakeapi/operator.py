@@ -17,6 +17,7 @@ from codeexec.claim import Broker
 from codeexec.controller import Executions
 from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Resource
 from codeexec.kube.events import Recorder
+from codeexec.kube.lease import LeaderElector, unfenced
 from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
@@ -46,8 +47,21 @@ SETTINGS = Settings(
 
 
 class Replica:
-    def __init__(self, api: FakeApi, name: str = "op-a", **settings: Any) -> None:
+    def __init__(
+        self, api: FakeApi, name: str = "op-a", *, elect: bool = False, **settings: Any
+    ) -> None:
         self.api = api
+        self.elector: LeaderElector | None = None
+        if elect:
+            self.elector = LeaderElector(
+                FakeKube(api, name),
+                "codeexec-system",
+                "codeexec-operator",
+                name,
+                on_lost=self.lost,
+            )
+        self.deposed = False
+        self.exit_on_loss = True
         self.name = name
         self.kube = FakeKube(api, name)
         self.settings = replace(SETTINGS, identity=name, **settings)
@@ -60,16 +74,28 @@ class Replica:
         cache = PodCache(kube, s.sandbox_namespace)
         pools = PoolManager(kube, cache, s.sandbox_namespace, s.pool_selector)
         pre = Preattacher(kube, cache, s.sandbox_namespace, serves=lambda p: p.pool in pools.pools)
-        broker = Broker(kube, cache, s.sandbox_namespace)
-        self.rt = Runtime(s, kube, cache, pools, broker, Recorder(kube), pre)
+        fence = self.elector.fence if self.elector else unfenced
+        broker = Broker(kube, cache, s.sandbox_namespace, fence=fence)
+        self.rt = Runtime(s, kube, cache, pools, broker, Recorder(kube), pre, fence=fence)
         self.executions = Executions(self.rt)
         return self.rt
 
+    def lost(self) -> None:
+        """The lease is gone: exit, as the real process does (unless a test keeps it alive
+        to show that the fence alone stops it)."""
+        self.deposed = True
+        if self.exit_on_loss:
+            asyncio.get_running_loop().create_task(self.crash())
+
     async def start(self) -> None:
+        if self.elector is not None:
+            await self.elector.acquire()
         rt = self.rt or self.build()
         assert self.executions is not None
         spawn = asyncio.get_running_loop().create_task
+        lease = [spawn(self.elector.keep(), name=f"{self.name}/lease")] if self.elector else []
         self.tasks = [
+            *lease,
             spawn(rt.cache.run(), name=f"{self.name}/pod-watch"),
             spawn(rt.preattach.run(), name=f"{self.name}/preattach"),
             spawn(self.executions.janitor.run(), name=f"{self.name}/janitor"),
@@ -117,6 +143,8 @@ class Replica:
         await self.executions.stop()
         await self.rt.pools.stop()
         await self.cancel()
+        if self.elector is not None:
+            await self.elector.release()
 
     async def cancel(self) -> None:
         for t in self.tasks:
@@ -128,6 +156,9 @@ class Replica:
     async def crash(self) -> None:
         """SIGKILL: nothing this process has in flight is answered, nothing more is sent."""
         self.kube.frozen = True
+        if self.elector is not None:
+            assert isinstance(self.elector.kube, FakeKube)
+            self.elector.kube.frozen = True
         assert self.executions is not None
         tasks = [*self.tasks, *self.executions.tasks.values()]
         for t in tasks:

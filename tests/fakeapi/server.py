@@ -156,7 +156,7 @@ class FakeApi:
         self.watchers: set[_Watcher] = set()
         self.faults: list[Fault] = []
         self.after_faults: list[Fault] = []  # run once the write is applied: a lost answer
-        self.attach: Callable[[str, str, str], Any] | None = None  # the kubelet's attach
+        self.attach: Callable[[str, str, str, str], Any] | None = None  # the kubelet's attach
         self.calls: list[Call] = []
         self.watch_lag = 0.0  # virtual seconds every watch event is held back
         self.hooks: list[Callable[[str, JSON], None]] = []  # after each change (kubelet)

@@ -54,12 +54,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-Leader election is forced on with more than one replica: without it every replica would run
-every execution. A single replica may opt in (it then survives a stuck predecessor on a
-partitioned node, at the cost of a lease round-trip at start-up).
+Leader election is always on. The chart cannot know how many replicas will run: `kubectl scale`
+or an autoscaler adds some behind its back, and two replicas without a Lease both run every
+execution. With one replica it costs a lease round-trip at start-up, and after a crash (no
+release) up to one lease duration (15 s) before the restarted replica acts.
 */}}
 {{- define "codeexec.leaderElection" -}}
-{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{ else }}false{{ end }}
+true
 {{- end }}
 
 {{- define "codeexec.image" -}}
