@@ -14,16 +14,22 @@ import heapq
 import logging
 from typing import Any
 
-from codeexec import clock, metrics
+from codeexec import backoff, clock, metrics
 from codeexec import status as st
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError
+from codeexec.kube.lease import NotLeading
 from codeexec.lifecycle import Road, Runtime, is_terminal
+from codeexec.outcomes import Reason
 from codeexec.poddelete import delete_pod
 
 log = logging.getLogger(__name__)
 
-# Transient failures (API server restarts, network blips) retry the road from the top.
-RETRY_DELAYS = (0.5, 1, 2, 5, 10, 30)
+# Failures retry the road from the top, for as long as it takes (an API server away for an
+# hour is waited out): 0.5 s doubling to at most 30 s between attempts.
+RETRY_BASE_SECONDS, RETRY_CAP_SECONDS = 0.5, 30.0
+# The same refusal (400/413/422: the API server will never take the write) this many times in a
+# row ends the execution with a terminal status that says so, instead of retrying forever.
+REFUSALS_BEFORE_GIVING_UP = 3
 # How often claimed pods are checked for an execution that no longer needs them.
 SWEEP_SECONDS = 60.0
 
@@ -72,30 +78,54 @@ class Executions:
     async def _drive(self, body: dict[str, Any], seen_at: float) -> None:
         uid = body["metadata"]["uid"]
         metrics.IN_FLIGHT.inc()
+        attempt = refusals = 0
+        last: Exception | None = None
         try:
-            for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            while True:
                 # Cancelled (deleted resource, operator shutdown): the claimed pod stays as it
                 # is; a deletion releases it, a successor resumes it.
                 try:
-                    await self.road.run(body, seen_at)
+                    if last is not None and refusals >= REFUSALS_BEFORE_GIVING_UP:
+                        await self._give_up(body, last)
+                    else:
+                        await self.road.run(body, seen_at)
                     self._remember(uid)
                     return
+                except NotLeading:
+                    return  # deposed: the new leader drives it
                 except Exception as err:
-                    if delay is None:
-                        log.exception("giving up on %s", uid)
-                        return
-                    log.warning("execution %s: attempt %d failed: %r", uid, attempt + 1, err)
-                    await asyncio.sleep(delay)
-                    try:
-                        body = await self._reload(body) or body
-                    except _Gone:
-                        self._release(uid)
-                        return
-                    if is_terminal(body):
-                        return
+                    attempt += 1
+                    refused = isinstance(err, ApiError) and err.status in (400, 413, 422)
+                    refusals = refusals + 1 if refused else 0
+                    last = err
+                    log.warning("execution %s: attempt %d failed: %r", uid, attempt, err)
+                await backoff.sleep(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
+                try:
+                    body = await self._reload(body) or body
+                except _Gone:
+                    self._release(uid)
+                    return
+                except Exception as err:  # the API server is still away: try again later
+                    log.debug("execution %s: reload failed: %r", uid, err)
+                if is_terminal(body):
+                    return
         finally:
             metrics.IN_FLIGHT.dec()
             self.tasks.pop(uid, None)
+
+    async def _give_up(self, body: dict[str, Any], err: Exception) -> None:
+        """The API server keeps refusing what the road writes: end the execution saying so, and
+        free its pods (the code may have run; it is never run again)."""
+        log.error(
+            "execution %s: refused by the API server, ending it: %r", body["metadata"]["uid"], err
+        )
+        status = err.status if isinstance(err, ApiError) else "?"
+        await self.road.finish_early(
+            body,
+            Reason.SANDBOX_ERROR,
+            f"the API server refused the operator's writes for this execution ({status})",
+        )
+        self._release(body["metadata"]["uid"])
 
     def _remember(self, uid: str) -> None:
         self._finished[uid] = None
@@ -187,6 +217,7 @@ class Janitor:
         self.rt = rt
         self._heap: list[tuple[float, str, str, str]] = []
         self._known: set[str] = set()
+        self._failures: dict[str, int] = {}
         self._wake = asyncio.Event()
 
     def track(self, body: dict[str, Any]) -> None:
@@ -217,10 +248,15 @@ class Janitor:
                         CODE_EXECUTIONS.path(ns, name),
                         body={"preconditions": {"uid": uid}},
                     )
-                except ApiError as err:
-                    if not (err.not_found or err.conflict):
-                        log.warning("TTL delete of %s/%s failed: %s", ns, name, err)
+                except Exception as err:  # any failure, the network's too, is tried again
+                    if not (isinstance(err, ApiError) and (err.not_found or err.conflict)):
+                        failed = self._failures[uid] = self._failures.get(uid, 0) + 1
+                        log.warning("TTL delete of %s/%s failed (%d): %r", ns, name, failed, err)
+                        due = clock.time() + backoff.delay(failed, base=1.0, cap=60.0)
+                        heapq.heappush(self._heap, (due, ns, name, uid))
+                        continue
                 self._known.discard(uid)
+                self._failures.pop(uid, None)
             delay = (self._heap[0][0] - clock.time()) if self._heap else 60.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, min(delay, 60.0)))

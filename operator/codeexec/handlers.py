@@ -28,6 +28,7 @@ from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
 from codeexec.preattach import Preattacher
 from codeexec.settings import Settings
+from codeexec.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt = Runtime(cfg, kube, cache, pools, broker, Recorder(kube), preattach, fence=fence)
     STATE.rt = rt
     STATE.executions = Executions(rt)
+    # Each loop restarts itself after a crash (supervise.py); the watchdog is the last resort.
+    loops = {
+        "sandbox-pod-watch": cache.run,
+        "preattach": preattach.run,
+        "ttl-janitor": STATE.executions.janitor.run,
+        "claimed-pod-sweep": STATE.executions.sweep,
+    }
     STATE.tasks = [
         *leadership,
-        asyncio.create_task(cache.run(), name="sandbox-pod-watch"),
-        asyncio.create_task(preattach.run(), name="preattach"),
-        asyncio.create_task(STATE.executions.janitor.run(), name="ttl-janitor"),
-        asyncio.create_task(STATE.executions.sweep(), name="claimed-pod-sweep"),
+        *(asyncio.create_task(supervise(n, loop), name=n) for n, loop in loops.items()),
     ]
     # Not in STATE.tasks: it watches them.
     STATE.watchdog_task = asyncio.create_task(dog.run(), name="watchdog")

@@ -98,6 +98,7 @@ class _Container:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     deadline: asyncio.TimerHandle | None = None
     began: float | None = None
+    stopping: bool = False
 
     def stdin(self, data: bytes, sender: str) -> None:
         if self.state != "running" or self.request is not None:
@@ -190,7 +191,8 @@ class Kubelet:
         if type_ == "DELETED":
             self._kill(c, 137, "Error", record=False)
             return
-        if meta.get("deletionTimestamp") and c.state != "terminated":
+        if meta.get("deletionTimestamp") and not c.stopping:
+            c.stopping = True
             grace = int(meta.get("deletionGracePeriodSeconds") or 0)
             c.tasks.append(loop.create_task(self._stop(name, min(grace, self.stop_after))))
         self._arm_deadline(c, obj)

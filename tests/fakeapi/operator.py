@@ -23,6 +23,7 @@ from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
 from codeexec.preattach import Preattacher
 from codeexec.settings import Settings
+from codeexec.supervise import supervise
 
 from .client import FakeKube
 from .server import FakeApi
@@ -94,12 +95,15 @@ class Replica:
         assert self.executions is not None
         spawn = asyncio.get_running_loop().create_task
         lease = [spawn(self.elector.keep(), name=f"{self.name}/lease")] if self.elector else []
+        loops = {
+            "pod-watch": rt.cache.run,
+            "preattach": rt.preattach.run,
+            "janitor": self.executions.janitor.run,
+            "sweep": self.executions.sweep,
+        }
         self.tasks = [
             *lease,
-            spawn(rt.cache.run(), name=f"{self.name}/pod-watch"),
-            spawn(rt.preattach.run(), name=f"{self.name}/preattach"),
-            spawn(self.executions.janitor.run(), name=f"{self.name}/janitor"),
-            spawn(self.executions.sweep(), name=f"{self.name}/sweep"),
+            *(spawn(supervise(n, loop), name=f"{self.name}/{n}") for n, loop in loops.items()),
         ]
         await rt.pools.initial_sync()
         await rt.cache.synced.wait()

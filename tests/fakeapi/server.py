@@ -209,8 +209,10 @@ class FakeApi:
                 await asyncio.sleep(latency)
             if hang:
                 await asyncio.Event().wait()
+            if isinstance(error, ApiError):
+                raise ApiError(error.status, copy.deepcopy(error.body))
             if error is not None:
-                raise copy.copy(error)
+                raise type(error)(*error.args)
 
         self.faults.append(fault)
         return fault
