@@ -156,7 +156,7 @@ class Executions:
     def _release(self, uid: str) -> None:
         """Nobody will read this execution's result: free the pods claimed for it."""
         for pod in self.rt.cache.claimed_for(uid):
-            if not pod.deleting:
+            if not pod.deleting or pod.held:
                 self._spawn_delete(pod.name)
 
     def _spawn_delete(self, pod: str) -> None:
@@ -178,7 +178,9 @@ class Executions:
             await asyncio.sleep(SWEEP_SECONDS)
             now = clock.time()
             for pod in list(self.rt.cache.pods.values()):
-                if pod.claimed_by is None or pod.deleting or pod.claimed_by in self.tasks:
+                if pod.claimed_by is None or (pod.deleting and not pod.held):
+                    continue
+                if pod.claimed_by in self.tasks:
                     continue
                 claimed = pod.claimed_at.timestamp() if pod.claimed_at else 0.0
                 if now - claimed < SWEEP_SECONDS:

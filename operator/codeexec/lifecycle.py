@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 RUNNING_RECORD_DELAY = 0.15
 
 
+# A deleted pod's container is stopped within its grace period (1 s) by the kubelet; a drain
+# may give more. Past this the run is judged on what is known (started: unknown).
+SETTLE_SECONDS = 60.0
+
+
 class Invalid(Exception):
     """What the CRD schema could not express: ends the execution with InvalidRequest."""
 
@@ -255,7 +260,9 @@ class Road:
         since been replaced; the pod's own claim record is what counts.
         """
         for pod in self.rt.cache.claimed_for(ex.uid):
-            if pod.deleting or not pod.request_id:
+            # A Terminating pod is resumed too: the code may have run there (a drain took the
+            # operator and the pod together); its claim finalizer keeps the kubelet's record.
+            if not pod.request_id:
                 continue
             return st.Sandbox(
                 pool=pod.pool or pool.name,
@@ -398,7 +405,7 @@ class Road:
     async def release_other_claims(self, ex: Execution, keep: str) -> None:
         """Older pods claimed for this execution were given up on; make sure they are gone."""
         for pod in self.rt.cache.claimed_for(ex.uid):
-            if pod.name != keep and not pod.deleting:
+            if pod.name != keep and (not pod.deleting or pod.held):
                 log.info("%s: releasing earlier claim on pod %s", ex.ref, pod.name)
                 await self.delete_pod(pod.name)
 
@@ -482,6 +489,7 @@ class Road:
             return outcome, report, {"artifacts": stored}
         if report is not None and not report.started:
             raise NotStarted(report.protocol_error or "the runner got no request")
+        await self.settled(sandbox.pod)
         pod = await collect(self.rt.kube, s.sandbox_namespace, sandbox.pod, sandbox.request_id)
         if pod.record.report is not None and pod.record.report.started:
             return classify(_with(evidence, report=pod.record.report)), pod.record.report, {}
@@ -545,6 +553,16 @@ class Road:
         if note:
             outcome = Outcome(outcome.reason, outcome.message + note)
         return outcome, stored
+
+    async def settled(self, name: str) -> None:
+        """A Terminating pod is judged on the kubelet's final record (its claim finalizer keeps
+        the object until then): wait until its container is reported stopped."""
+        until = clock.monotonic() + SETTLE_SECONDS
+        while clock.monotonic() < until:
+            view = self.rt.cache.pods.get(name)
+            if view is None or not view.deleting or view.terminated is not None:
+                return
+            await self.rt.cache.wait_changed(min(5.0, until - clock.monotonic()))
 
     async def finish(
         self,

@@ -46,6 +46,7 @@ class PodView:
     execution: str | None = None
     claimed_at: datetime | None = None
     attempt: int = 1
+    held: bool = False  # carries the claim finalizer: it stays until the operator lets go
 
     @property
     def finished(self) -> bool:
@@ -112,6 +113,7 @@ def view(pod: dict[str, Any]) -> PodView:
         ready=conditions.get("Ready") == "True" and running,
         running=running,
         deleting=bool(meta.get("deletionTimestamp")),
+        held=podspec.CLAIM_FINALIZER in (meta.get("finalizers") or []),
         created=_ts(meta.get("creationTimestamp")),
         start_time=status.get("startTime"),
         node=pod.get("spec", {}).get("nodeName"),

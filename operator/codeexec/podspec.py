@@ -26,6 +26,10 @@ EXECUTION_ANNOTATION = "codeexec.io/execution"
 REQUEST_ANNOTATION = "codeexec.io/request-id"
 CLAIMED_AT_ANNOTATION = "codeexec.io/claimed-at"
 ATTEMPT_ANNOTATION = "codeexec.io/attempt"
+# Set by the claim, removed only after the terminal status is written (poddelete): whoever
+# deletes a claimed pod (a drain, an eviction, an admin), its object and the kubelet's record of
+# whether the code started stay readable until the operator has judged the run.
+CLAIM_FINALIZER = "codeexec.io/claim"
 # The leader's term (lease holder and transition count) that made the claim.
 TERM_ANNOTATION = "codeexec.io/leader-term"
 CONTAINER = "sandbox"
@@ -219,6 +223,7 @@ def claim_patch(
         "metadata": {
             "resourceVersion": resource_version,
             "labels": {STATE_LABEL: CLAIMED, CLAIMED_BY_LABEL: execution_uid},
+            "finalizers": [CLAIM_FINALIZER],
             "annotations": {
                 EXECUTION_ANNOTATION: execution_ref,
                 REQUEST_ANNOTATION: request_id,
