@@ -30,7 +30,7 @@ venv: $(VENV)/.installed ## create the virtualenv with the operator and its dev 
 
 .PHONY: lint
 lint: venv ## ruff and mypy
-	$(VENV)/bin/ruff check operator tests e2e images
+	$(VENV)/bin/ruff check operator tests e2e images bench
 	$(VENV)/bin/mypy
 
 .PHONY: unit

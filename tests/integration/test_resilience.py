@@ -5,7 +5,6 @@ supervisor's termination message), collected by watching the sandbox namespace."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -14,55 +13,150 @@ from e2e.fixtures import Cluster, wait_for
 
 from codeexec import failpoints
 from codeexec.client import Client
-from codeexec.kube.client import PODS, ApiError, Kube
+from codeexec.kube.client import CODE_EXECUTIONS, PODS, ApiError, Kube, Resource
 
 from .conftest import SANDBOX_NS, OperatorProcess, sandbox_pods
 
 pytestmark = pytest.mark.cluster
+
+TERMINAL = ("Succeeded", "Failed")
 
 PROGRAM = (
     "import time\ndef main(n):\n    print('ran', n, flush=True)\n    time.sleep(2)\n    return n\n"
 )
 
 
-class PodRecords:
-    """Every sandbox pod claimed for one execution, with its last known state."""
+class Watcher:
+    """A list+watch kept in a task whose death fails the test (`check`), never silently."""
 
-    def __init__(self, kube: Kube, uid: str) -> None:
-        self.kube, self.uid = kube, uid
-        self.pods: dict[str, dict[str, Any]] = {}
+    def __init__(self, kube: Kube, res: Resource, namespace: str, selector: str) -> None:
+        self.kube, self.res, self.namespace, self.selector = kube, res, namespace, selector
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> Watcher:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        return self
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def check(self) -> None:
+        """The evidence is whole only while the collector lives."""
+        assert self.task is not None, "the evidence collector never started"
+        if self.task.done():
+            raise AssertionError(f"the evidence collector died: {self.task!r}")
+
+    def seen(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        raise NotImplementedError
 
     async def run(self) -> None:
-        selector = f"codeexec.io/claimed-by={self.uid}"
-        listing = await self.kube.list(PODS, SANDBOX_NS, label_selector=selector)
-        for p in listing["items"]:
-            self.pods[p["metadata"]["uid"]] = p
+        listing = await self.kube.list(self.res, self.namespace, label_selector=self.selector)
+        for obj in listing["items"]:
+            self.seen(obj)
         rv = listing["metadata"]["resourceVersion"]
         while True:
-            with contextlib.suppress(ApiError):
+            # Only an expired version is survivable (relist); anything else ends the task, and
+            # check() fails the test.
+            try:
                 async for ev in self.kube.watch(
-                    PODS,
-                    SANDBOX_NS,
+                    self.res,
+                    self.namespace,
                     resource_version=rv,
-                    label_selector=selector,
+                    label_selector=self.selector,
                     timeout_seconds=60,
                 ):
                     obj = ev["object"]
                     rv = obj["metadata"].get("resourceVersion", rv)
                     if ev["type"] != "BOOKMARK":
-                        self.pods[obj["metadata"]["uid"]] = obj
+                        self.seen(obj, ev["type"] == "DELETED")
+            except ApiError as err:
+                if not err.gone:
+                    raise
+                listing = await self.kube.list(
+                    self.res, self.namespace, label_selector=self.selector
+                )
+                for obj in listing["items"]:
+                    self.seen(obj)
+                rv = listing["metadata"]["resourceVersion"]
+
+
+class PodRecords(Watcher):
+    """Every sandbox pod claimed for one execution, with its last known state. The claim
+    finalizer keeps a claimed pod until the operator has judged it, so its container's final
+    record (the supervisor's termination message) is always seen before the pod goes."""
+
+    def __init__(self, kube: Kube, uid: str) -> None:
+        super().__init__(kube, PODS, SANDBOX_NS, f"codeexec.io/claimed-by={uid}")
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.deleted: set[str] = set()
+
+    def seen(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        self.pods[obj["metadata"]["uid"]] = obj
+        if deleted:
+            self.deleted.add(obj["metadata"]["uid"])
+
+    @staticmethod
+    def record(pod: dict[str, Any]) -> str | None:
+        """'started', 'unused' (ended with no start record), or None (no final record seen)."""
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated is None:
+                continue
+            msg = (terminated.get("message") or "").strip()
+            prefix, _, doc = msg.partition(" ")
+            if prefix in ("CXS1", "CXR1"):
+                # A record that does not parse is a broken proof, not a missing start.
+                return "started" if json.loads(doc).get("started") else "unused"
+            return "unused"
+        return None
 
     def starts(self) -> int:
         """Pods whose supervisor recorded that it started the code (CXS1 or CXR1)."""
-        count = 0
-        for pod in self.pods.values():
-            for cs in pod.get("status", {}).get("containerStatuses") or []:
-                msg = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
-                prefix, _, doc = msg.partition(" ")
-                if prefix in ("CXS1", "CXR1"):
-                    with contextlib.suppress(ValueError):
-                        count += bool(json.loads(doc).get("started"))
-        return count
+        self.check()
+        unproven = [p["metadata"]["name"] for p in self.pods.values() if self.record(p) is None]
+        assert not unproven, f"claimed pods without a final record: {unproven}"
+        return sum(self.record(p) == "started" for p in self.pods.values())
+
+    async def all_gone(self, timeout: float = 60.0) -> None:
+        """Waits until the watch has delivered the deletion of every pod claimed for the
+        execution (and at least one was claimed): their final records are then all in."""
+        for _ in range(int(timeout * 10)):
+            self.check()
+            if self.pods and set(self.pods) <= self.deleted:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"claimed pods still there: {set(self.pods) - self.deleted}")
+
+
+class ExecutionRecords(Watcher):
+    """Every revision of one execution's status as the API server served it."""
+
+    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
+        super().__init__(kube, CODE_EXECUTIONS, namespace, "")
+        self.name = name
+        self.terminal: list[tuple[str, str]] = []
+        self.version = 0
+
+    def seen(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        status = obj.get("status") or {}
+        if obj["metadata"]["name"] == self.name:
+            self.version = max(self.version, int(obj["metadata"]["resourceVersion"]))
+        if obj["metadata"]["name"] == self.name and status.get("phase") in TERMINAL:
+            self.terminal.append((status.get("reason"), status.get("completionTime")))
+
+    async def caught_up(self, version: str) -> None:
+        """Waits until the watch has delivered this revision of the execution."""
+        while self.version < int(version):
+            self.check()
+            await asyncio.sleep(0.1)
+
+    def one_terminal_status(self) -> tuple[str, str]:
+        """The terminal status, asserting that it was written once and never changed."""
+        self.check()
+        assert self.terminal, "no terminal status seen"
+        assert len(set(self.terminal)) == 1, self.terminal
+        return self.terminal[0]
 
 
 @pytest.mark.parametrize(
@@ -80,8 +174,8 @@ async def test_crash_at_each_step(
 ) -> None:
     operator.restart(failpoints=point)
     created = await cx.submit(PROGRAM, arguments={"n": 7}, timeout_seconds=30)
-    records = PodRecords(cx.kube, created.uid)
-    watcher = asyncio.create_task(records.run())
+    pods = PodRecords(cx.kube, created.uid).start()
+    statuses = ExecutionRecords(cx.kube, cx.namespace, created.name).start()
     terminal_phases: list[str] = []
 
     def track(ex: Any) -> None:
@@ -94,30 +188,21 @@ async def test_crash_at_each_step(
         done = await cx.wait(created.name, timeout=180, on_update=track)
         assert done.status.reason == "Succeeded", done.status
         assert done.status.result and done.status.result.return_value == 7
-        # Exactly one terminal status, never rewritten.
-        await asyncio.sleep(3)
-        again = await cx.get(created.name)
-        assert again.status.completion_time == done.status.completion_time
-        assert again.status.reason == "Succeeded"
-        # The code started at most once, by the pods' own account.
-        await asyncio.sleep(1)
-        assert records.starts() <= 1, records.pods.keys()
+        assert terminal_phases and set(terminal_phases) == {"Succeeded"}, terminal_phases
+        # The road deletes the execution's pods only after its terminal status: once they are
+        # all gone (the claim finalizer kept each until then), the road is over.
+        await pods.all_gone()
+        # Every revision up to now is on the watch: exactly one terminal status, unchanged.
+        now = await cx.kube.get(CODE_EXECUTIONS, created.name, cx.namespace)
+        await statuses.caught_up(now["metadata"]["resourceVersion"])
+        assert statuses.one_terminal_status()[0] == "Succeeded"
+        # The code started exactly once, by the pods' own account (a success with no start
+        # record would be a broken proof, not a pass).
+        assert pods.starts() == 1, pods.pods.keys()
         assert done.status.result.stdout.count("ran 7") == 1
-        # No pod left behind for this execution.
-        wait_for(
-            lambda: (
-                not [
-                    p
-                    for p in sandbox_pods(cluster)
-                    if p["metadata"]["labels"].get("codeexec.io/claimed-by") == created.uid
-                    and not p["metadata"].get("deletionTimestamp")
-                ]
-            ),
-            timeout=60,
-            what="no leaked pod",
-        )
     finally:
-        watcher.cancel()
+        pods.stop()
+        statuses.stop()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
 
@@ -128,10 +213,10 @@ async def test_claimed_pod_deleted_before_delivery_runs_on_another(
     # Someone (an admin, an eviction) deletes the pod between the claim and the first byte of
     # the request: nothing ran, so the execution must claim another pod rather than fail.
     operator.restart(failpoints=f"{failpoints.AFTER_CLAIM}=6")
+    records: PodRecords | None = None
     try:
         created = await cx.submit(PROGRAM, arguments={"n": 3}, timeout_seconds=30)
-        records = PodRecords(cx.kube, created.uid)
-        watcher = asyncio.create_task(records.run())
+        records = PodRecords(cx.kube, created.uid).start()
 
         def claimed() -> str | None:
             for p in sandbox_pods(cluster):
@@ -142,13 +227,15 @@ async def test_claimed_pod_deleted_before_delivery_runs_on_another(
         first = wait_for(claimed, timeout=120, what="a pod claimed for the execution")
         cluster.kubectl("delete", "pod", "-n", SANDBOX_NS, first, "--grace-period=0", "--force")
         done = await cx.wait(created.name, timeout=180)
-        watcher.cancel()
         assert done.status.reason == "Succeeded", done.status
         assert done.status.result and done.status.result.return_value == 3
         assert done.status.sandbox and done.status.sandbox.pod != first
         assert done.status.sandbox.attempts == 2
-        assert records.starts() <= 1
+        await records.all_gone()
+        assert records.starts() == 1
     finally:
+        if records is not None:
+            records.stop()
         operator.restart()
 
 
@@ -158,8 +245,7 @@ async def test_graceful_shutdown_leaves_running_code_to_the_successor(
     # A rolling update SIGTERMs the operator while code runs: the pod must be left for the
     # next operator to resume, not released (which would lose the run).
     created = await cx.submit(PROGRAM, arguments={"n": 5}, timeout_seconds=30)
-    records = PodRecords(cx.kube, created.uid)
-    watcher = asyncio.create_task(records.run())
+    records = PodRecords(cx.kube, created.uid).start()
     try:
 
         def claimed() -> str | None:
@@ -175,9 +261,10 @@ async def test_graceful_shutdown_leaves_running_code_to_the_successor(
         assert done.status.reason == "Succeeded", done.status
         assert done.status.result and done.status.result.return_value == 5
         assert done.status.sandbox and done.status.sandbox.pod == pod
-        assert records.starts() <= 1
+        await records.all_gone()
+        assert records.starts() == 1
     finally:
-        watcher.cancel()
+        records.stop()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
 

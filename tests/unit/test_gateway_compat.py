@@ -605,3 +605,24 @@ def test_non_zero_exit_keeps_the_programs_own_words_alone() -> None:
     report = run(exit_code=2, stderr="usage: tool [-h]\n")
     got = compat.from_execution(finished(Reason.NON_ZERO_EXIT, "exited with code 2", report))
     assert (got.exit_code, got.stderr) == (2, "usage: tool [-h]\n")
+
+
+def test_the_status_vocabulary_is_exactly_the_originals() -> None:
+    """The seed contract's words, stated here, not taken from the implementation: a word the
+    original never sent would break its clients. Caught: adding a seventh status word to
+    compat.STATUSES made this fail."""
+    assert {
+        "success",
+        "program_error",
+        "resource_limit_exceeded",
+        "unauthorized_access",
+        "runtime_error",
+        "program_runner_error",
+    } == compat.STATUSES
+    assert {"time", "memory", "output"} == compat.RESOURCE_LIMIT_TYPES
+    assert {
+        "disallowed_syscall",
+        "file_access",
+        "network_access",
+    } == compat.UNAUTHORIZED_ACCESS_TYPES
+    assert {"signalled", "nonzero_exit"} == compat.RUNTIME_ERROR_TYPES
