@@ -10,6 +10,8 @@ Return values must come back exactly or flagged, and their pods must be deleted.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +29,8 @@ from .conftest import SANDBOX_NS, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
-WAIT = 120.0  # a bound against hangs: a terminal status comes in seconds
+# A bound against hangs (a terminal status comes in seconds); lower it to try a mutation fast.
+WAIT = float(os.environ.get("CODEEXEC_TEST_WAIT", "120"))
 LEVELS = (500, 1_000, 5_000, 10_000)
 
 
@@ -92,6 +95,7 @@ async def test_nested_arguments_end_terminal_while_other_tenants_keep_running(
         levels: create_raw(cluster, namespace, name, nested_arguments(levels))
         for levels, name in names.items()
     }
+    print("admission:", {k: (v or "accepted")[:120] for k, v in refused.items()})
     bystander = await client_for(cluster, other_namespace)
     try:
         done = await bystander.run("def main():\n    return 'still here'\n", wait_timeout=WAIT)
@@ -171,7 +175,8 @@ async def test_nulls_and_big_numbers_round_trip(cluster: Cluster, cx: Client) ->
         result = done.status.result
         assert result is not None and not result.return_value_truncated, body
         got = result.return_value
-        assert got == want and repr(got) == repr(want), (body, got)
+        # Key order is the API server's; types are not: 1.0 stays a float, -0.0 keeps its sign.
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True), (body, got)
         if want is None:  # stored as a JSON null, not left out
             raw = await cx.kube.get(CODE_EXECUTIONS, done.name, cx.namespace)
             assert raw["status"]["result"]["returnValue"] is None, raw["status"]["result"]
