@@ -17,6 +17,10 @@ AFTER_RECORD = "after-record"  # Running written to the status while the code ru
 AFTER_DELIVERY = "after-delivery"  # request sent, the code is running
 BEFORE_STATUS = "before-status"  # report in hand, terminal status not yet written
 AFTER_STATUS = "after-status"  # terminal status written, the pod not yet deleted
+# Not a crash: Kopf's decoder raises on a response holding this text, as it did on a deeply
+# nested object, so that a test can watch a dead watcher being noticed (kube/kopfjson.py).
+WATCHER_FAILS = "watcher-fails"
+WATCHER_FAILS_MARKER = "codeexec-failpoint-watcher-fails"
 
 
 def _parse(raw: str) -> dict[str, float | None]:
@@ -33,6 +37,10 @@ _ARMED = _parse(os.environ.get("CODEEXEC_FAILPOINTS", ""))
 def hit(name: str) -> None:
     if name in _ARMED and _ARMED[name] is None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(name: str) -> bool:
+    return name in _ARMED
 
 
 async def pause(name: str) -> None:

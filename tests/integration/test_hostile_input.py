@@ -31,7 +31,9 @@ pytestmark = pytest.mark.cluster
 
 # A bound against hangs (a terminal status comes in seconds); lower it to try a mutation fast.
 WAIT = float(os.environ.get("CODEEXEC_TEST_WAIT", "120"))
-LEVELS = (500, 1_000, 5_000, 10_000)
+# 9,990 is about the deepest the API server takes inside an object (10,000 is its decoder's
+# limit for the whole request; measured: 10,000 is refused as "unrecognized").
+LEVELS = (500, 1_000, 5_000, 9_990, 10_000)
 
 
 def nested_arguments(levels: int) -> str:
@@ -81,14 +83,15 @@ async def test_nested_arguments_end_terminal_while_other_tenants_keep_running(
     namespace: str,
     other_namespace: str,
 ) -> None:
-    """Arguments nested 500, 1,000, 5,000 and 10,000 deep each end Failed/InvalidRequest
+    """Arguments nested 500, 1,000, 5,000, 9,990 and 10,000 deep each end Failed/InvalidRequest
     naming the limit (or are refused at admission), while an execution in another namespace
     completes, before and after an operator restart whose initial list holds them all.
 
-    caught: with kopfjson.install() removed from handlers.startup, the 1,000-level object
-    killed Kopf's watcher (RecursionError in the list/watch decode) and the other namespace's
-    execution never finished; with the arguments check removed from lifecycle.parse, the
-    500-level one never got a status (deepcopy RecursionError).
+    caught (each guarded line removed once, on the cluster): without kopfjson.install() in
+    handlers.startup, Kopf's watcher died on the 1,000-level object ("maximum recursion depth
+    exceeded while decoding a JSON array"), its orchestrator and the process with it, and
+    deep-500 never got a status; without the arguments check in lifecycle.parse, deep-500's
+    arguments (cut at 128 levels by the decoder) ran and ended Succeeded, not InvalidRequest.
     """
     names = {levels: f"deep-{levels}" for levels in LEVELS}
     refused = {
@@ -128,9 +131,9 @@ RETURNS_DEEP = {
 async def test_a_return_value_nested_10000_deep_ends_terminal_and_its_pod_goes(
     cluster: Cluster, cx: Client, language: str
 ) -> None:
-    """caught: with the images' depth check removed (IMAGE_TAG=input built without it), the
-    Node.js value reached the supervisor, whose json.loads gave up: a result-less report; in
-    the operator, a value over ~500 levels made Kopf's deepcopy of the status fail."""
+    """caught: the runner tests show each image's depth check failing when removed
+    (tests/runner/test_results.py::test_a_return_value_deeper_than_the_limit_is_omitted_and_
+    flagged); here, on the real cluster, the status says why and the pod is gone."""
     done = await cx.run(RETURNS_DEEP[language], language=language, wait_timeout=WAIT)
     assert (done.status.phase, done.status.reason) == ("Succeeded", "Succeeded"), done.status
     result = done.status.result
@@ -142,9 +145,11 @@ async def test_a_return_value_nested_10000_deep_ends_terminal_and_its_pod_goes(
 
 
 async def test_nulls_and_big_numbers_round_trip(cluster: Cluster, cx: Client) -> None:
-    """caught: with write_terminal using the old merge patch, {"error": None, "rows": [{"a":
-    None, "b": 1}], "n": 1} came back as {"n": 1, "rows": [{"b": 1}]}; without returnValueJSON
-    2**64 came back as 18446744073709551616.0 and 10**400 stayed Running."""
+    """caught (measured on this cluster, writing the same status both ways): a merge patch
+    stored {"error": None, "rows": [{"a": None, "b": 1}], "n": 1} as {"n": 1, "rows":
+    [{"b": 1}]}; the API server turned 2**64 into 18446744073709552000.0, -0.0 into 0, 1.0
+    into 1, and refused 10**400 (400 BadRequest), which left the execution Running before the
+    refused-status fallback and returnValueJSON."""
     cases: list[tuple[str, str, Any]] = [
         ("python", "return {'error': None, 'rows': [{'a': None, 'b': 1}], 'n': 1}", None),
         ("python", "return None", None),
@@ -190,8 +195,9 @@ async def test_a_value_too_large_to_store_succeeds_flagged_and_its_pod_goes(
 ) -> None:
     """A 5 MiB string: Succeeded with the value flagged as not stored and its size.
 
-    caught: before maxResultBytes reached the runner and omissions were flagged, this ended
-    ResultNotSerializable ("ResultTooLarge"), blaming the program.
+    caught: with the workers' old ResultTooLarge error (restored in the runner test
+    test_an_oversized_return_value_is_omitted_and_flagged_never_an_error, which then failed)
+    this ended ResultNotSerializable, blaming the program.
     """
     done = await cx.run("def main():\n    return 'x' * (5 << 20)\n", wait_timeout=WAIT)
     assert (done.status.phase, done.status.reason) == ("Succeeded", "Succeeded"), done.status
@@ -201,3 +207,38 @@ async def test_a_value_too_large_to_store_succeeds_flagged_and_its_pod_goes(
     assert "262144-byte limit" in (done.status.message or "")
     assert done.status.sandbox and done.status.sandbox.pod
     wait_for(lambda: pod_gone(cluster, done.status.sandbox.pod), timeout=WAIT, what="pod deleted")
+
+
+async def test_a_dead_watcher_stops_the_operator_and_a_fresh_one_serves(
+    cluster: Cluster, operator: OperatorProcess, cx: Client, namespace: str
+) -> None:
+    """Kopf's watcher dies (the `watcher-fails` failpoint makes its decoder raise the
+    RecursionError a deep object used to): the process must not stay up deaf. It ends on its
+    own, non-zero, and a fresh process serves the execution that killed its predecessor.
+
+    A guard, not a reproduction: on Kopf 1.45 the failed watcher takes Kopf's orchestrator and
+    then the process down by itself (measured: exit 1). The watchdog covers a watcher or loop
+    that dies without that (tests/unit/test_watchdog.py, shown failing with its check removed);
+    this test fails (wait_dead times out) if a Kopf upgrade, or a change of ours, leaves the
+    process up after its watcher died. Not shown failing by removing a line of ours: on
+    Kopf 1.45 none is needed for this exit.
+    """
+    operator.restart(failpoints="watcher-fails")
+    try:
+        marked = await cx.submit(
+            "def main():\n    return 'served'\n", labels={"marker": failpoints_marker()}
+        )
+        code = operator.wait_dead(timeout=WAIT)
+        log = operator.log_path.read_text(errors="replace")
+        print("operator exit code", code, "watchdog line:", "watchdog:" in log)
+        assert code != 0, "the operator exited 0 after its watcher died"
+    finally:
+        operator.restart()
+    done = await cx.wait(marked.name, timeout=WAIT)
+    assert done.status.result and done.status.result.return_value == "served"
+
+
+def failpoints_marker() -> str:
+    from codeexec.failpoints import WATCHER_FAILS_MARKER
+
+    return WATCHER_FAILS_MARKER

@@ -16,10 +16,14 @@ from typing import Any
 
 import aiohttp
 
-from codeexec import jsonbounds
+from codeexec import failpoints, jsonbounds
+
+_FAIL = failpoints.armed(failpoints.WATCHER_FAILS)
 
 
 def _bounded_loads(data: str | bytes | bytearray, **_: Any) -> Any:
+    if _FAIL and failpoints.WATCHER_FAILS_MARKER in str(data):
+        raise RecursionError("failpoint watcher-fails: maximum recursion depth exceeded")
     return jsonbounds.loads(data)
 
 
