@@ -628,7 +628,8 @@ def test_what_json_can_hold_is_returned(run):
 def test_an_oversized_return_value_is_omitted_and_flagged_never_an_error(run):
     """A value too large to keep is main returning, not a program error (issue 11, 4c).
 
-    caught: the workers' old ResultTooLarge serialize error made this fail.
+    caught: with the workers of main before this change (ResultTooLarge serialize error) this
+    failed.
     """
     too_big_py, too_big_js, fits = run.gather(
         run.start("python", "def main():\n    return 'x' * 5000", maxResultBytes=4096),
@@ -651,8 +652,8 @@ def test_a_return_value_deeper_than_the_limit_is_omitted_and_flagged(run):
     """Nested 10,000 deep (or just past maxResultDepth) is omitted as TooDeep, exit 0; one
     within the limit comes back whole.
 
-    caught: the workers' old 500-level walker let 100 levels through (and Python's encoder's
-    RecursionError became a serialize error); removing the depth check made this fail.
+    caught: with the workers of main before this change (500-level walker, ResultTooLarge and
+    NestingTooDeep as serialize errors) this failed.
     """
     runs = run.gather(
         run.start("python", DEEP_PY.format(n=9_999)),
@@ -674,7 +675,9 @@ def test_a_return_value_deeper_than_the_limit_is_omitted_and_flagged(run):
 
 
 def test_a_node_tojson_cannot_smuggle_a_deeper_value_past_the_check(run):
-    """caught: without the depth check of the JSON text, this toJSON-built value came back."""
+    """Three checks hold it (checkJson follows toJSON and counts levels, the worker counts the
+    JSON text, the supervisor counts again). caught: with all three removed it came back whole;
+    with any one left it is omitted."""
     code = (
         "module.exports = () => ({ toJSON() { let v = []; "
         "for (let i = 0; i < 200; i++) v = [v]; return v; } });"
