@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench import runtimes
 from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
 
 log = logging.getLogger("bench")
@@ -314,6 +315,8 @@ def render_bench(r: dict[str, Any]) -> str:
             f"{cost['idle_cpu_per_second']} CPU s/s; peak RSS {cost['peak_rss_mb']} MB."
         )
         out.append("")
+    if r.get("runtimes"):
+        out.append(runtimes.render(r["runtimes"]))
     load = r.get("machine_load")
     if load:
         m = r.get("machine", {})

@@ -12,6 +12,7 @@ and what the operator costs, all in one run on the local cluster.
 3. Throughput: C concurrent clients for a fixed time, then C workers churning bare pods
    (create, run to completion, delete) for the same time; completions per second of each.
 4. Cost: CPU seconds per execution and peak RSS of the operator process (/proc, sampled).
+5. Runtimes: runc and gVisor pools side by side (bench/runtimes.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, runtimes
 from bench.cluster import ApiProbe, Informer, Waiters, node_info, raw_get
 from bench.command import (
     add_common_args,
@@ -619,6 +620,9 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
             "peak_rss_mb": round(op.sampler.peak_rss() / 2**20, 1),
             "total_cpu_seconds_whole_run": round(op.sampler.cpu_seconds(), 2),
         }
+        result["runtimes"] = await runtimes.compare(
+            kube, op, SANDBOX_NS, TENANT_NS, bench.cx_waiters, args
+        )
         result["operator_log_warnings"] = op.log_warnings(log_start)[-20:]
     finally:
         if bench is not None:
@@ -661,6 +665,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy the operator during the warm series",
     )
     add_common_args(p)
+    runtimes.add_args(p, argv)
     smoke_defaults(p, argv, n=5, cold_n=5, warmup=1, clients=2, duration=10)
     args = p.parse_args(argv)
     if args.n < 1 or args.cold_n < 1 or args.clients < 1:

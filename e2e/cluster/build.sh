@@ -133,11 +133,33 @@ build_crictl() {
     -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$v" sigs.k8s.io/cri-tools/cmd/crictl
 }
 
+# gVisor's runsc and its containerd shim (installed as containerd-shim-runsc-v1), static:
+# runsc re-executes itself inside an empty root, where a dynamic loader would be missing.
+# The shim gets our two changes for containerd 1.6 (gvisor/shim-containerd16.patch) in
+# this build's own copy of the module source, which the wrapper module's `replace` names.
+build_gvisor() {
+  local v="$GVISOR_VERSION" out="$GVISOR_BIN" moddir="$BUILD_DIR/gvisor-$GVISOR_VERSION"
+  local patchfile="$CLUSTER_SCRIPTS/gvisor/shim-containerd16.patch"
+  if have_all "$out" runsc "$GVISOR_SHIM"; then log "gvisor $v: cached in $out"; return; fi
+  local src
+  src="$(cd /tmp && go mod download -json "gvisor.dev/gvisor@$v" | awk -F'"' '/"Dir"/ {print $4}')"
+  [[ -d "$src" ]] || die "cannot download gvisor.dev/gvisor@$v from the Go module proxy"
+  write_wrapper "$moddir" gvisor.dev/gvisor "$v" "	gvisor.dev/gvisor => ./gvisor-src"
+  # A fresh copy each time: the module cache is read-only and must stay pristine.
+  rm -rf "$moddir/gvisor-src"
+  cp -r "$src" "$moddir/gvisor-src"
+  chmod -R u+w "$moddir/gvisor-src"
+  patch -s -p1 -d "$moddir/gvisor-src" <"$patchfile" || die "cannot apply $patchfile to gvisor $v"
+  go_build "gvisor-$v" "$moddir" "$out" -ldflags "-s -w -X gvisor.dev/gvisor/runsc/version.version=$v" \
+    gvisor.dev/gvisor/runsc gvisor.dev/gvisor/shim
+  mv "$out/shim" "$out/$GVISOR_SHIM"
+}
+
 main() {
   command -v go >/dev/null || die "go is required to build the cluster binaries"
   mkdir -p "$BUILD_DIR" "$CODEEXEC_CACHE/bin"
   local what=("$@")
-  [[ ${#what[@]} -gt 0 ]] || what=(kubernetes etcd kube_router crictl)
+  [[ ${#what[@]} -gt 0 ]] || what=(kubernetes etcd kube_router crictl gvisor)
   local w
   for w in "${what[@]}"; do "build_${w//-/_}"; done
 }

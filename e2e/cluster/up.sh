@@ -118,7 +118,7 @@ COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-schedule
   kube-proxy kube-router)
 
 start_containerd() {
-  mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$CLUSTER/containerd/runc"
+  mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE" "$CLUSTER/containerd/runc" "$CLUSTER/containerd/runsc"
   start_daemon containerd containerd --config "$CONF/containerd.toml"
   wait_until containerd 60 ctr --address "$CONTAINERD_ADDRESS" version
 }
@@ -267,6 +267,7 @@ main() {
   bash "$CLUSTER_SCRIPTS/pki.sh" "$HOST_IP"
   source "$CLUSTER_SCRIPTS/configs.sh"
   write_containerd_config
+  write_runsc_config
   write_cni_config
   write_kubelet_config
   write_kube_proxy_config

@@ -1,7 +1,8 @@
 """When the runner's report is missing: read what the pod itself says happened.
 
 The container's `state.terminated` (exit code, OOMKilled) and the pod's reason
-(DeadlineExceeded, Evicted) come from the kubelet; the termination message is the supervisor's
+(DeadlineExceeded, Evicted) come from the kubelet, the deletion mark and RuntimeClass from the
+pod's own object; the termination message is the supervisor's
 own record of whether the code started, and its compact report when it got that far.
 """
 
@@ -22,6 +23,8 @@ class PodEvidence:
     reason: str | None
     message: str | None
     record: PodRecord
+    deleting: bool = False
+    runtime_class: str | None = None
 
 
 async def collect(kube: Kube, namespace: str, pod: str, request_id: str) -> PodEvidence:
@@ -40,4 +43,6 @@ async def collect(kube: Kube, namespace: str, pod: str, request_id: str) -> PodE
         reason=status.get("reason"),
         message=status.get("message"),
         record=record,
+        deleting=bool(body.get("metadata", {}).get("deletionTimestamp")),
+        runtime_class=body.get("spec", {}).get("runtimeClassName"),
     )

@@ -517,6 +517,8 @@ class Road:
                 pod_reason=pod.reason,
                 pod_message=pod.message,
                 pod_gone=pod.gone,
+                pod_deleting=pod.deleting,
+                oom_ends_sandbox=podspec.user_space_kernel(pod.runtime_class),
                 code_started=code_started,
                 operator_deadline=overdue,
             )

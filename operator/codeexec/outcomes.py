@@ -119,7 +119,13 @@ class Evidence:
     pod_reason: str | None = None
     pod_message: str | None = None
     pod_gone: bool = False
+    # metadata.deletionTimestamp was set: someone deleted the pod while it ran.
+    pod_deleting: bool = False
     code_started: bool | None = None
+    # The pod ran under a user-space kernel (gVisor): the host's OOM killer then ends the
+    # whole sandbox, runner included, so a memory overrun leaves no report, only the
+    # container's SIGKILL exit (137), and the kubelet may or may not call it OOMKilled.
+    oom_ends_sandbox: bool = False
     # Our own side of the story.
     operator_deadline: bool = False
     cancelled: bool = False
@@ -288,6 +294,10 @@ def _from_error(error: dict[str, Any], ev: Evidence) -> Outcome:
     return Outcome(Reason.USER_EXCEPTION, described)
 
 
+def _sigkilled(t: Terminated) -> bool:
+    return t.exit_code == 128 + _signal.SIGKILL or t.signal == _signal.SIGKILL
+
+
 def _from_pod(ev: Evidence) -> Outcome:
     t = ev.terminated
     if t is not None and t.reason == "OOMKilled":
@@ -303,6 +313,19 @@ def _from_pod(ev: Evidence) -> Outcome:
         return Outcome(
             Reason.SANDBOX_ERROR,
             f"the sandbox pod was evicted {started} the code started: {ev.pod_message or ''}",
+        )
+    if ev.pod_deleting:
+        return Outcome(
+            Reason.SANDBOX_ERROR, f"the sandbox pod was deleted {started} the code started"
+        )
+    if t is not None and ev.oom_ends_sandbox and ev.code_started and _sigkilled(t):
+        # Nothing else SIGKILLs a user-space kernel's sandbox with the pod still there: the
+        # code cannot signal the runner (PID 1 of its namespace), and the kubelet's deadline,
+        # eviction and deletion are ruled out above.
+        return Outcome(
+            Reason.MEMORY_LIMIT,
+            "the program ran out of memory: the sandbox was killed (exit code 137) while the code "
+            "ran, as the user-space kernel's sandbox is when the pod exceeds its memory limit",
         )
     if t is not None:
         return Outcome(

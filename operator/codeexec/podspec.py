@@ -53,6 +53,16 @@ _QUANTITY_SUFFIXES = {
 
 UID_MIN, UID_MAX = 100_000, 2_000_000_000
 
+# RuntimeClass names taken for gVisor's user-space kernel: `gvisor` (GKE Sandbox, the test
+# bed) and `runsc` (its runtime's name, common on self-managed nodes), or names containing them.
+USER_SPACE_KERNEL_NAMES = ("gvisor", "runsc")
+
+
+def user_space_kernel(runtime_class: str | None) -> bool:
+    """Whether pods of this RuntimeClass run under gVisor, where exceeding the memory limit
+    kills the whole sandbox (runner included) instead of the program alone."""
+    return runtime_class is not None and any(n in runtime_class for n in USER_SPACE_KERNEL_NAMES)
+
 
 def quantity_bytes(text: str) -> int | None:
     """A Kubernetes memory quantity ("64Mi", "1G", "1048576") in bytes, or None."""

@@ -165,6 +165,44 @@ def operator(installed: Cluster) -> Iterator[OperatorProcess]:
     op.stop()
 
 
+# The test bed's RuntimeClass for gVisor (e2e/cluster/configs.sh) and the suite's pools under it:
+# the default pools' twins, differing only in runtimeClassName.
+GVISOR = "gvisor"
+GVISOR_POOLS = {"python": "python-gvisor", "nodejs": "nodejs-gvisor"}
+# The pool each runtime's Python and Node.js executions go to.
+RUNTIME_POOLS = {"runc": {"python": "python", "nodejs": "nodejs"}, "gvisor": GVISOR_POOLS}
+RUNTIMES = tuple(RUNTIME_POOLS)
+
+
+@pytest.fixture(scope="session")
+def gvisor_pools(operator: OperatorProcess, cluster: Cluster) -> Iterator[dict[str, str]]:
+    """Pools like the default ones under RuntimeClass gvisor; made on first use, for the session."""
+    if os.environ.get("KIND") == "1":
+        pytest.skip("kind nodes have no gVisor runtime (README: enabling gVisor on kind)")
+    found = cluster.kubectl("get", "runtimeclass", GVISOR, "-o", "name", check=False)
+    assert found.returncode == 0, f"the test bed has no RuntimeClass {GVISOR}: {found.stderr}"
+    for pool in (
+        pool_manifest(
+            GVISOR_POOLS["python"], "python", size=3, maxProcesses=16, runtimeClassName=GVISOR
+        ),
+        pool_manifest(GVISOR_POOLS["nodejs"], "nodejs", size=2, runtimeClassName=GVISOR),
+    ):
+        cluster.apply(pool)
+    wait_for(lambda: pool_ready(cluster, GVISOR_POOLS["python"], 3), timeout=300, what="gVisor py")
+    wait_for(lambda: pool_ready(cluster, GVISOR_POOLS["nodejs"], 2), timeout=300, what="gVisor js")
+    yield GVISOR_POOLS
+    for name in GVISOR_POOLS.values():
+        cluster.kubectl("delete", "sandboxpool", name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def runtime_pools(request: pytest.FixtureRequest, runtime: str) -> dict[str, str]:
+    """The pools of the runtime a test is parametrised with (`runtime`: runc or gvisor)."""
+    if runtime == "gvisor":
+        request.getfixturevalue("gvisor_pools")
+    return RUNTIME_POOLS[runtime]
+
+
 @pytest.fixture
 async def cx(operator: OperatorProcess, namespace: str, cluster: Cluster) -> AsyncIterator[Client]:
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)

@@ -14,6 +14,8 @@ from codeexec.client import Client
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError
 
 from .conftest import (
+    GVISOR,
+    RUNTIMES,
     SANDBOX_NS,
     OperatorProcess,
     metric,
@@ -41,10 +43,12 @@ async def test_python_double_example(cx: Client, cluster: Cluster, namespace: st
     wait_pool_full(cluster, "python", 3)
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_warm_deliveries_use_sessions_held_open_before_the_claim(
-    cx: Client, cluster: Cluster
+    cx: Client, cluster: Cluster, runtime_pools: dict[str, str]
 ) -> None:
-    wait_pool_full(cluster, "python", 3)
+    pool = runtime_pools["python"]
+    wait_pool_full(cluster, pool, 3)
     # Every ready pod of the suite's pools has its session open (5 = python 3 + nodejs 2).
     wait_for(lambda: metric("codeexec_preattached_sessions") >= 5, timeout=60, what="held sessions")
     held, new = (
@@ -52,7 +56,7 @@ async def test_warm_deliveries_use_sessions_held_open_before_the_claim(
         metric("codeexec_deliveries_total", session="new"),
     )
     for n in range(3):
-        done = await cx.run("def main(n):\n    return n * 2\n", arguments={"n": n})
+        done = await cx.run("def main(n):\n    return n * 2\n", arguments={"n": n}, pool=pool)
         assert done.status.result and done.status.result.return_value == n * 2
     assert metric("codeexec_deliveries_total", session="held") == held + 3
     assert metric("codeexec_deliveries_total", session="new") == new
@@ -109,7 +113,8 @@ async def test_nodejs_export_styles(cx: Client) -> None:
         assert done.status.result and done.status.result.return_value in (2, 3), style
 
 
-async def test_code_in_the_pod_sees_the_sandbox(cx: Client) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_code_in_the_pod_sees_the_sandbox(cx: Client, runtime_pools: dict[str, str]) -> None:
     code = """
 import os, socket
 def main():
@@ -133,7 +138,7 @@ def main():
     checks["cap_eff"] = caps[0]
     return checks
 """
-    done = await cx.run(code, timeout_seconds=20, wait_timeout=120)
+    done = await cx.run(code, timeout_seconds=20, wait_timeout=120, pool=runtime_pools["python"])
     assert done.status.reason == "Succeeded", done.status
     checks: dict[str, Any] = done.status.result.return_value  # type: ignore[union-attr]
     assert checks["uid"] >= 100000
@@ -144,14 +149,18 @@ def main():
     assert checks["cap_eff"] == "0000000000000000"
 
 
-def test_sandbox_pod_spec_is_hardened(operator: OperatorProcess, cluster: Cluster) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sandbox_pod_spec_is_hardened(
+    operator: OperatorProcess, cluster: Cluster, runtime: str, runtime_pools: dict[str, str]
+) -> None:
     pods = [
         p
         for p in sandbox_pods(cluster)
-        if p["metadata"]["labels"].get("codeexec.io/pool") == "python"
+        if p["metadata"]["labels"].get("codeexec.io/pool") == runtime_pools["python"]
     ]
     assert pods
     spec = pods[0]["spec"]
+    assert spec.get("runtimeClassName") == (GVISOR if runtime == "gvisor" else None)
     c = spec["containers"][0]
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False

@@ -1,4 +1,5 @@
-"""One execution per reason of outcomes.md, Python and Node.js, on the real cluster.
+"""One execution per reason of outcomes.md, Python and Node.js, on the real cluster, under
+both runtimes: runc (the default pools) and gVisor (pools with runtimeClassName gvisor).
 
 All cases are submitted at once (they queue on the pools, which is part of the test) and each
 test then asserts the reason, the seed status and sub-type, and the evidence fields.
@@ -19,7 +20,7 @@ from codeexec.client import Client
 from codeexec.kube import config
 from codeexec.kube.client import NAMESPACES, Kube
 
-from .conftest import OperatorProcess
+from .conftest import RUNTIME_POOLS, RUNTIMES, OperatorProcess
 
 pytestmark = pytest.mark.cluster
 
@@ -447,10 +448,17 @@ def field_of(doc: dict[str, Any], path: str) -> Any:
     return doc
 
 
-@pytest.fixture(scope="module")
-async def outcomes(operator: OperatorProcess, cluster: Cluster) -> dict[str, CodeExecution]:
+@pytest.fixture(scope="module", params=RUNTIMES)
+async def outcomes(
+    request: pytest.FixtureRequest, operator: OperatorProcess, cluster: Cluster
+) -> dict[str, CodeExecution]:
+    """Every case on one runtime's pools: runc (the default pools) or gVisor."""
+    runtime: str = request.param
+    if runtime == "gvisor":
+        request.getfixturevalue("gvisor_pools")
+    pools = RUNTIME_POOLS[runtime]
     kube = Kube(config.from_kubeconfig(str(cluster.kubeconfig)) or config.load())
-    ns = f"outcomes-{uuid.uuid4().hex[:6]}"
+    ns = f"outcomes-{runtime}-{uuid.uuid4().hex[:6]}"
     await kube.create(NAMESPACES, {"metadata": {"name": ns}})
     client = Client(kube, ns)
     try:
@@ -463,6 +471,7 @@ async def outcomes(operator: OperatorProcess, cluster: Cluster) -> dict[str, Cod
                 timeout_seconds=case.timeout,
                 max_output_bytes=case.max_output_bytes,
                 name=case.id,
+                pool=pools[case.language],
             )
             return await client.wait(created.name, timeout=600)
 

@@ -391,3 +391,57 @@ def test_node_printing_heap_out_of_memory_then_aborting_is_a_signal() -> None:
     forged = report(exit_code=None, signal=signal.SIGABRT, stderr=Stream(text, len(text)))
     outcome = classify(Evidence(language="nodejs", report=forged))
     assert outcome.reason is Reason.SIGNALED
+
+
+GVISOR_KILL = Terminated(137, None, "Error")
+
+
+@pytest.mark.parametrize(
+    ("evidence", "reason"),
+    [
+        (Evidence(terminated=GVISOR_KILL, code_started=True, oom_ends_sandbox=True), "memory"),
+        (Evidence(terminated=GVISOR_KILL, code_started=True), "runc: not memory"),
+        (
+            Evidence(terminated=GVISOR_KILL, code_started=False, oom_ends_sandbox=True),
+            "before the start: not memory",
+        ),
+        (
+            Evidence(
+                terminated=GVISOR_KILL, code_started=True, oom_ends_sandbox=True, pod_deleting=True
+            ),
+            "deleted: not memory",
+        ),
+        (
+            Evidence(
+                terminated=Terminated(1, None, "Error"), code_started=True, oom_ends_sandbox=True
+            ),
+            "exit 1: not memory",
+        ),
+        (
+            Evidence(
+                terminated=GVISOR_KILL,
+                code_started=True,
+                oom_ends_sandbox=True,
+                pod_reason="DeadlineExceeded",
+            ),
+            "deadline: time",
+        ),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_a_gvisor_sandbox_killed_while_the_code_ran_is_the_memory_limit(
+    evidence: Evidence, reason: str
+) -> None:
+    """Under gVisor the host OOM killer ends the whole sandbox: no report, exit 137, and the
+    kubelet may not say OOMKilled. Only that shape, on a user-space kernel, after the start,
+    with no deadline or deletion, is MemoryLimit.
+    caught: dropping `ev.oom_ends_sandbox and` made "runc: not memory" fail; dropping the
+    `pod_deleting` rule made "deleted: not memory" fail."""
+    expected = {
+        "memory": Reason.MEMORY_LIMIT,
+        "deadline: time": Reason.WALL_TIMEOUT,
+    }.get(reason, Reason.SANDBOX_ERROR)
+    outcome = classify(evidence)
+    assert outcome.reason is expected, outcome
+    if expected is Reason.MEMORY_LIMIT:
+        assert "exit code 137" in outcome.message

@@ -104,3 +104,10 @@ def test_file_size_limit_follows_the_scratch_size() -> None:
     assert env["CODEEXEC_MAX_FILE_BYTES"] == str(32 * 1024 * 1024)
     assert podspec.quantity_bytes("1G") == 10**9 and podspec.quantity_bytes("12") == 12
     assert podspec.quantity_bytes("lots") is None
+
+
+def test_gvisor_runtime_classes_are_recognised() -> None:
+    for name in ("gvisor", "runsc", "gvisor-sandbox"):
+        assert podspec.user_space_kernel(name), name
+    for name in (None, "", "runc", "kata", "kata-qemu"):
+        assert not podspec.user_space_kernel(name), name

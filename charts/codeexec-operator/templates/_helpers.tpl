@@ -107,3 +107,18 @@ else the release namespace. */}}
 {{- .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/*
+The RuntimeClass of pools that name none: sandbox.runtimeClassName, else
+sandbox.preferredRuntimeClassName if the cluster has that RuntimeClass now (lookup finds
+nothing without a cluster, so `helm template` renders the node's default runtime).
+*/}}
+{{- define "codeexec.poolRuntimeClass" -}}
+{{- if .Values.sandbox.runtimeClassName }}
+{{- .Values.sandbox.runtimeClassName }}
+{{- else if .Values.sandbox.preferredRuntimeClassName }}
+{{- if lookup "node.k8s.io/v1" "RuntimeClass" "" .Values.sandbox.preferredRuntimeClassName }}
+{{- .Values.sandbox.preferredRuntimeClassName }}
+{{- end }}
+{{- end }}
+{{- end }}
