@@ -438,6 +438,28 @@ def test_helm_test_runs_an_execution(release: Release) -> None:
 
 
 @pytest.mark.cluster
+def test_pools_take_runtime_class_gvisor_when_the_cluster_has_it(release: Release) -> None:
+    """sandbox.preferredRuntimeClassName (default `gvisor`): the test bed has that
+    RuntimeClass, so the release's pools, and so their pods, run under gVisor, and the examples
+    (test_examples_reach_their_expected_outcomes) run there. On a cluster without it (kind) the
+    pools keep the node's default runtime.
+    caught: rendering the pools without the lookup's result made this fail."""
+    has_gvisor = not gone(release.cluster, "runtimeclass", "gvisor")
+    expected = "gvisor" if has_gvisor else None
+    for pool in POOL_SIZES:
+        spec = release.cluster.get_json("sandboxpool", pool)["spec"]
+        assert spec.get("runtimeClassName") == expected, (pool, spec)
+    wait_for(
+        lambda: all(pool_ready(release.cluster, p) for p in POOL_SIZES),
+        timeout=300,
+        what="pools ready",
+    )
+    pods = release.cluster.get_json("pods", "-n", SANDBOX_NS)["items"]
+    assert pods
+    assert {p["spec"].get("runtimeClassName") for p in pods} == {expected}
+
+
+@pytest.mark.cluster
 def test_rendered_manifests_pass_server_side_validation(release: Release) -> None:
     # Every variant, validated by the real API server (schemas of built-in kinds and our CRDs,
     # unknown fields rejected) without persisting anything. Namespaced objects go to the

@@ -144,6 +144,55 @@ def test_memory_hog_is_oom_killed(cluster: Cluster, namespace: str, python_image
     assert state["exitCode"] == 137
 
 
+# ---- 3b. RuntimeClass gvisor: pods run under gVisor; runc stays the default ---------------
+
+
+@pytest.mark.skipif(KIND, reason="kind nodes have no gVisor runtime (README: gVisor on kind)")
+@pytest.mark.parametrize("runtime_class", ["gvisor", None], ids=["gvisor", "default"])
+def test_runtime_class_gvisor_runs_pods_under_gvisor(
+    cluster: Cluster, namespace: str, python_image: str, runtime_class: str | None
+) -> None:
+    """gVisor's kernel names itself in /proc/version (`4.19.0-gvisor`); a pod without a
+    RuntimeClass sees the host's kernel (runc, the default handler).
+    caught: the pod without runtimeClassName failed the gvisor expectations."""
+    assert cluster.get_json("runtimeclass", "gvisor")["handler"] == "gvisor"
+    spec = {"runtimeClassName": runtime_class} if runtime_class else {}
+    probe = "print(open('/proc/version').read().strip())"
+    cluster.apply(python_pod("kernel", probe, **spec), namespace)
+    pod = cluster.wait_pod(namespace, "kernel", ("Succeeded", "Failed"))
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    seen = cluster.kubectl("-n", namespace, "logs", "kernel").stdout.strip()
+    host = Path("/proc/version").read_text().strip()
+    if runtime_class:
+        assert "gvisor" in seen and seen != host, seen
+    else:
+        assert seen == host, seen
+
+
+@pytest.mark.skipif(KIND, reason="kind nodes have no gVisor runtime (README: gVisor on kind)")
+def test_memory_hog_under_gvisor_ends_the_sandbox(
+    cluster: Cluster, namespace: str, python_image: str
+) -> None:
+    """Past the limit the host OOM killer ends gVisor's whole sandbox. gVisor's shim reports the
+    container with exit code 128 (its status for a sandbox that is gone) and, from the pod
+    cgroup's OOM counter, OOMKilled: the evidence outcomes.py reads for gVisor pods."""
+    hog = python_pod(
+        "hog",
+        """
+        chunks = []
+        while True:
+            chunks.append(b"x" * (16 << 20))
+        """,
+        container={"resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}},
+        runtimeClassName="gvisor",
+    )
+    cluster.apply(hog, namespace)
+    pod = cluster.wait_pod(namespace, "hog", ("Failed", "Succeeded"))
+    state = terminated_state(pod)
+    assert state["reason"] == "OOMKilled", state
+    assert state["exitCode"] in (128, 137), state
+
+
 # ---- 4. lowering activeDeadlineSeconds: DeadlineExceeded ---------------------------------
 
 

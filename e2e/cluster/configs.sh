@@ -65,10 +65,11 @@ disabled_plugins = [
         # runc's state under our directory instead of /run/containerd/runc.
         Root = "$CLUSTER/containerd/runc"
 
-    # gVisor (RuntimeClass gvisor, handler gvisor): runsc through its own shim,
-    # containerd-shim-runsc-v1 on containerd's PATH (lib.sh). runc stays the default.
+    # gVisor (RuntimeClass gvisor, handler gvisor): runsc through its own shim, named by
+    # its absolute path (containerd 1.6 takes a path as runtime_type), so a containerd
+    # started with any PATH finds it. runc stays the default.
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor]
-      runtime_type = "io.containerd.runsc.v1"
+      runtime_type = "$GVISOR_BIN/$GVISOR_SHIM"
 
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.gvisor.options]
         TypeUrl = "io.containerd.runsc.v1.options"

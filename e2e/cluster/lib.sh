@@ -14,7 +14,8 @@ KUBE_ROUTER_BIN="$CODEEXEC_CACHE/bin/kube-router-$KUBE_ROUTER_VERSION"
 CRI_TOOLS_BIN="$CODEEXEC_CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"
 # The directory also names our shim patch's digest: a changed patch is a new build.
 GVISOR_BIN="$CODEEXEC_CACHE/bin/gvisor-$GVISOR_VERSION-$(sha256sum "$CLUSTER_SCRIPTS/gvisor/shim-containerd16.patch" | cut -c1-8)"
-# containerd finds a shim by this name on its PATH (runtime_type io.containerd.runsc.v1).
+# The shim's conventional name (runtime_type io.containerd.runsc.v1 looks for it on PATH);
+# our containerd config names it by absolute path instead (configs.sh).
 GVISOR_SHIM=containerd-shim-runsc-v1
 
 # All state of one cluster lives here; down.sh removes it.
@@ -49,7 +50,7 @@ KUBE_ROUTER_METRICS_PORT=20245
 export CONTAINERD_ADDRESS
 export KUBECONFIG="$CLUSTER/kubeconfig"
 # Our kubectl first: /usr/bin/kubectl on these machines is a foreign build.
-export PATH="$K8S_BIN:$ETCD_BIN:$KUBE_ROUTER_BIN:$CRI_TOOLS_BIN:$GVISOR_BIN:$PATH"
+export PATH="$K8S_BIN:$ETCD_BIN:$KUBE_ROUTER_BIN:$CRI_TOOLS_BIN:$PATH"
 
 log()  { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }

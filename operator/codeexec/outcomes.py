@@ -124,7 +124,7 @@ class Evidence:
     code_started: bool | None = None
     # The pod ran under a user-space kernel (gVisor): the host's OOM killer then ends the
     # whole sandbox, runner included, so a memory overrun leaves no report, only the
-    # container's SIGKILL exit (137), and the kubelet may or may not call it OOMKilled.
+    # container's exit (128 or 137), and the kubelet may or may not call it OOMKilled.
     oom_ends_sandbox: bool = False
     # Our own side of the story.
     operator_deadline: bool = False
@@ -294,8 +294,14 @@ def _from_error(error: dict[str, Any], ev: Evidence) -> Outcome:
     return Outcome(Reason.USER_EXCEPTION, described)
 
 
-def _sigkilled(t: Terminated) -> bool:
-    return t.exit_code == 128 + _signal.SIGKILL or t.signal == _signal.SIGKILL
+# How the container of a killed gVisor sandbox ends: 137 (SIGKILL), or 128, the status gVisor's
+# containerd shim reports when `runsc wait` fails because the sandbox is gone (measured on the
+# test bed: OOMKilled with exit code 128).
+_SANDBOX_KILLED_CODES = frozenset({128, 128 + _signal.SIGKILL})
+
+
+def _sandbox_killed(t: Terminated) -> bool:
+    return t.exit_code in _SANDBOX_KILLED_CODES or t.signal == _signal.SIGKILL
 
 
 def _from_pod(ev: Evidence) -> Outcome:
@@ -318,14 +324,14 @@ def _from_pod(ev: Evidence) -> Outcome:
         return Outcome(
             Reason.SANDBOX_ERROR, f"the sandbox pod was deleted {started} the code started"
         )
-    if t is not None and ev.oom_ends_sandbox and ev.code_started and _sigkilled(t):
-        # Nothing else SIGKILLs a user-space kernel's sandbox with the pod still there: the
-        # code cannot signal the runner (PID 1 of its namespace), and the kubelet's deadline,
+    if t is not None and ev.oom_ends_sandbox and ev.code_started and _sandbox_killed(t):
+        # Nothing else kills a user-space kernel's sandbox with the pod still there: the code
+        # cannot signal the runner (PID 1 of its namespace), and the kubelet's deadline,
         # eviction and deletion are ruled out above.
         return Outcome(
             Reason.MEMORY_LIMIT,
-            "the program ran out of memory: the sandbox was killed (exit code 137) while the code "
-            "ran, as the user-space kernel's sandbox is when the pod exceeds its memory limit",
+            f"the program ran out of memory: the gVisor sandbox was killed (exit code "
+            f"{t.exit_code}) while the code ran, as it is when the pod exceeds its memory limit",
         )
     if t is not None:
         return Outcome(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -12,43 +12,35 @@ from .conftest import RUNTIMES
 
 pytestmark = pytest.mark.cluster
 
-# The kernel as the code sees it: its version string and its log (syslog(2), what dmesg reads).
-PROBE = """
-import ctypes
-def main():
-    with open('/proc/version') as f:
-        version = f.read()
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = libc.klogctl(3, buf, len(buf))  # SYSLOG_ACTION_READ_ALL
-    log = buf.raw[:n].decode(errors='replace') if n >= 0 else f'errno {ctypes.get_errno()}'
-    return {'version': version, 'dmesg': log}
-"""
-NODE_PROBE = """
-module.exports = () => ({ version: require('fs').readFileSync('/proc/version', 'utf8') });
-"""
+# The node's kernel, as the host (this test, on the node) sees it.
+HOST_VERSION = Path("/proc/version").read_text().strip()
+PY_PROBE = "def main():\n    return open('/proc/version').read().strip()\n"
+JS_PROBE = "module.exports = () => require('fs').readFileSync('/proc/version', 'utf8').trim();\n"
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 async def test_a_gvisor_pool_runs_its_code_on_gvisors_kernel(
     cx: Client, runtime: str, runtime_pools: dict[str, str]
 ) -> None:
-    """From inside the pod: gVisor's kernel log opens with "Starting gVisor..." and its
-    /proc/version is not the host's; a runc pod reads neither (its kernel log is closed to it).
-    caught: a gvisor pool without runtimeClassName (runc) failed the gVisor case."""
-    with open("/proc/version") as f:
-        host_version = f.read()
-    done = await cx.run(PROBE, pool=runtime_pools["python"], timeout_seconds=20, wait_timeout=180)
-    assert done.status.reason == "Succeeded", done.status
-    seen: dict[str, Any] = done.status.result.return_value  # type: ignore[union-attr]
-    js = await cx.run(
-        NODE_PROBE, language="nodejs", pool=runtime_pools["nodejs"], wait_timeout=180
-    )
-    assert js.status.reason == "Succeeded", js.status
-    js_version = js.status.result.return_value["version"]  # type: ignore[union-attr]
-    if runtime == "gvisor":
-        assert "Starting gVisor" in seen["dmesg"], seen
-        assert seen["version"] != host_version and js_version != host_version, seen
-    else:
-        assert "gVisor" not in seen["dmesg"], seen
-        assert seen["version"] == host_version == js_version, seen
+    """From inside the pod, Python and Node.js alike: gVisor's kernel names itself in
+    /proc/version (`Linux version 4.19.0-gvisor ...`, not the host's); a runc pod reads the
+    host's. (Its kernel log would say "Starting gVisor..." too, but syslog(2) needs
+    CAP_SYSLOG there as on Linux, which sandbox pods lack.)
+    caught: the gvisor case run against the runc pools failed."""
+    seen = {}
+    for language, code in (("python", PY_PROBE), ("nodejs", JS_PROBE)):
+        done = await cx.run(
+            code,
+            language=language,
+            pool=runtime_pools[language],
+            timeout_seconds=20,
+            wait_timeout=180,
+        )
+        assert done.status.reason == "Succeeded", done.status
+        assert done.status.result is not None
+        seen[language] = done.status.result.return_value
+    for language, version in seen.items():
+        if runtime == "gvisor":
+            assert "gvisor" in version and version != HOST_VERSION, (language, version)
+        else:
+            assert version == HOST_VERSION, (language, version)

@@ -413,6 +413,12 @@ GVISOR_KILL = Terminated(137, None, "Error")
         ),
         (
             Evidence(
+                terminated=Terminated(128, None, "Error"), code_started=True, oom_ends_sandbox=True
+            ),
+            "memory",
+        ),
+        (
+            Evidence(
                 terminated=Terminated(1, None, "Error"), code_started=True, oom_ends_sandbox=True
             ),
             "exit 1: not memory",
@@ -432,8 +438,8 @@ GVISOR_KILL = Terminated(137, None, "Error")
 def test_a_gvisor_sandbox_killed_while_the_code_ran_is_the_memory_limit(
     evidence: Evidence, reason: str
 ) -> None:
-    """Under gVisor the host OOM killer ends the whole sandbox: no report, exit 137, and the
-    kubelet may not say OOMKilled. Only that shape, on a user-space kernel, after the start,
+    """Under gVisor the host OOM killer ends the whole sandbox: no report, exit 137 or 128 (the
+    shim's status for a sandbox that is gone), and the kubelet may not say OOMKilled. Only that shape, on a user-space kernel, after the start,
     with no deadline or deletion, is MemoryLimit.
     caught: dropping `ev.oom_ends_sandbox and` made "runc: not memory" fail; dropping the
     `pod_deleting` rule made "deleted: not memory" fail."""
@@ -444,4 +450,4 @@ def test_a_gvisor_sandbox_killed_while_the_code_ran_is_the_memory_limit(
     outcome = classify(evidence)
     assert outcome.reason is expected, outcome
     if expected is Reason.MEMORY_LIMIT:
-        assert "exit code 137" in outcome.message
+        assert f"exit code {evidence.terminated.exit_code}" in outcome.message  # type: ignore[union-attr]
