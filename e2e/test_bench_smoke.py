@@ -57,6 +57,9 @@ def test_chaos_never_runs_code_twice_leaks_or_loses(cluster: Cluster) -> None:
     for name, s in r["scenarios"].items():
         assert s["terminal"] == s["executions"], name
         assert (s["duplicates"], s["leaked_pods"], s["lost_results"]) == (0, 0, 0), (name, s)
+        # No proof may rest on missing evidence: every pod named in a status left its record,
+        # and no terminal status was ever rewritten.
+        assert (s["unproven"], s["terminal_rewrites"]) == (0, 0), (name, s)
     assert r["passed"] is True
 
 
@@ -82,7 +85,13 @@ def test_cluster_faults_never_run_code_twice_lose_leak_or_wedge(cluster: Cluster
         assert not s.get("fault_error"), (name, s["fault_error"])
         assert s["caught_by_fault"] > 0, (name, "the fault hit no execution in flight")
         assert s["terminal"] == s["executions"], (name, s["lost_details"])
-        figures = {k: s[k] for k in ("duplicates", "lost_results", "leaked_pods", "stuck")}
+        figures = {
+            k: s[k]
+            for k in (
+                "duplicates", "lost_results", "leaked_pods", "stuck", "unproven",
+                "terminal_rewrites",
+            )
+        }  # fmt: skip
         assert figures == dict.fromkeys(figures, 0), (name, figures, s)
     assert r["passed"] is True
 
