@@ -48,6 +48,7 @@ class Executions:
         # start their road again. Bounded; a restart re-lists and sees the terminal status.
         self._finished: dict[str, None] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._foreign: set[str] = set()  # pools of another installation, warned about once
 
     def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
@@ -61,6 +62,7 @@ class Executions:
             return
         if body["metadata"].get("deletionTimestamp"):
             return
+        self._check_foreign(body)
         if is_terminal(body):
             self.janitor.track(body)
             if uid not in self._finished and uid not in self.tasks:
@@ -74,6 +76,30 @@ class Executions:
             self.tasks[uid] = asyncio.create_task(
                 self._drive(body, clock.time()), name=f"execution/{uid}"
             )
+
+    def _check_foreign(self, body: dict[str, Any]) -> None:
+        """An execution placed on a pool this installation does not serve was run by another
+        operator watching the same namespaces: both race on every execution. Say so, once per
+        pool, in the log and as a Warning Event on the execution."""
+        pool = ((body.get("status") or {}).get("sandbox") or {}).get("pool")
+        if not pool or pool in self.rt.pools.pools or pool in self._foreign:
+            return
+        if not self.rt.pools.synced.is_set():
+            return
+        self._foreign.add(pool)
+        message = (
+            f"placed on SandboxPool {pool}, which this installation does not serve: another "
+            "codeexec operator watches the same namespaces and races this one on every "
+            "execution (give each installation its own namespaces)"
+        )
+        log.warning(
+            "execution %s/%s %s",
+            body["metadata"].get("namespace"),
+            body["metadata"].get("name"),
+            message,
+        )
+        metrics.FOREIGN_OPERATOR.inc()
+        self.rt.events.record(body, "AnotherOperator", message, warning=True)
 
     async def _drive(self, body: dict[str, Any], seen_at: float) -> None:
         uid = body["metadata"]["uid"]

@@ -42,6 +42,10 @@ STEP = Histogram(
 CLAIM_CONFLICTS = Counter(
     "codeexec_claim_conflicts_total", "Claims lost to another claimer (409) or a vanished pod"
 )
+FOREIGN_OPERATOR = Counter(
+    "codeexec_foreign_operator_sightings_total",
+    "Pools of another installation seen on executions this one watches (two operators race)",
+)
 DELIVERIES = Counter(
     "codeexec_deliveries_total",
     "Requests sent, by the attach session that carried them: held open before the claim, or new",

@@ -35,6 +35,7 @@ TERM_ANNOTATION = "codeexec.io/leader-term"
 CONTAINER = "sandbox"
 
 WARM, CLAIMED = "warm", "claimed"
+MAX_LABEL_VALUE = 63  # Kubernetes' limit on a label value (the pool name is one)
 # Warm pods are recycled after a day; a claim lowers this to the execution's deadline.
 WARM_DEADLINE_SECONDS = 24 * 3600
 # Room for the runner's own SIGTERM-then-SIGKILL and report before the kubelet steps in.

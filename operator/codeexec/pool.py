@@ -26,6 +26,9 @@ from codeexec.status import condition, merge_conditions
 log = logging.getLogger(__name__)
 
 CREATE_BURST = 8
+# A warm pod is replaced this long before it could no longer take the pool's longest execution:
+# time for its successor to start and warm (images are cached; a start takes seconds).
+RECYCLE_MARGIN_SECONDS = 300
 # Each claim changes a pool's counts; writing every change would add a status write per
 # execution. Counts are written at most once a second (the gauges always move at once).
 STATUS_INTERVAL_SECONDS = 1.0
@@ -91,6 +94,15 @@ class PoolManager:
 
     def upsert(self, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
+        if len(name) > podspec.MAX_LABEL_VALUE:
+            # The CRD refuses such names; one stored before that rule would make every pod
+            # creation fail (the pool name is a label value on its pods).
+            log.error(
+                "SandboxPool %s: name over %d characters; not served",
+                name[:70],
+                podspec.MAX_LABEL_VALUE,
+            )
+            return
         if not self.serves(body):
             # Relabelled away from this installation: let go of it.
             if name in self.pools:
@@ -167,11 +179,23 @@ class PoolManager:
             return "template changed"
         if pod.finished:
             return f"ended while warm ({pod.phase}, {pod.reason or 'no reason'})"
+        if pod.created is not None and now - pod.created.timestamp() > self._lifetime(pool):
+            # The kubelet kills every pod at its activeDeadlineSeconds (counted from its start,
+            # only ever lowered by a claim): a late claim would be cut off mid-run.
+            return "too old to run the pool's longest execution before its deadline"
         if not pod.ready and pod.created is not None:
             age = now - pod.created.timestamp()
             if age > pool.spec.ready_timeout_seconds:
                 return f"not ready after {int(age)}s ({pod.waiting_reason or pod.phase})"
         return None
+
+    @staticmethod
+    def _lifetime(pool: Pool) -> float:
+        """How long a warm pod may wait for a claim: its deadline minus the longest execution
+        the pool allows, the runner's slack and a margin for the replacement to warm up."""
+        return podspec.WARM_DEADLINE_SECONDS - (
+            pool.spec.max_timeout_seconds + podspec.DEADLINE_SLACK_SECONDS + RECYCLE_MARGIN_SECONDS
+        )
 
     async def _keep(self, pool: Pool) -> None:
         await self.cache.synced.wait()

@@ -289,6 +289,7 @@ class FakeApi:
                 raise status(422, "Invalid", "name or generateName is required")
             meta["name"] = f"{meta['generateName']}{next(self._names):05d}"
         key = (plural, namespace, meta["name"])
+        self._check_labels(obj)
         if key in self.objects:
             raise status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
         if namespace:
@@ -312,7 +313,18 @@ class FakeApi:
         change(new)
         return self._store(key, obj, new)
 
+    @staticmethod
+    def _check_labels(obj: JSON) -> None:
+        for v in (obj["metadata"].get("labels") or {}).values():
+            if not isinstance(v, str) or len(v) > 63:
+                raise status(
+                    422,
+                    "Invalid",
+                    f"metadata.labels: Invalid value: {v!r}: must be no more than 63 characters",
+                )
+
     def _store(self, key: Key, old: JSON, new: JSON) -> JSON:
+        self._check_labels(new)
         if new == old:
             return copy.deepcopy(old)
         if new.get("spec") != old.get("spec"):

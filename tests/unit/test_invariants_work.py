@@ -4,7 +4,9 @@ API server, through API errors, lagging watches and slow writes (virtual time)."
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
+from codeexec import podspec
 from tests.fakeapi import vtime
 from tests.fakeapi.operator import Replica
 from tests.fakeapi.server import Call, status
@@ -186,5 +188,33 @@ def test_pool_never_creates_past_its_size_while_the_cache_lags() -> None:
         await vtime.settle(60.0)
         assert w.warm_ready() == 3
         assert most[0] <= 3, most
+
+    vtime.run(scenario)
+
+
+def test_a_claim_never_lands_on_a_pod_without_enough_life_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Warm pods die at their activeDeadlineSeconds (24 h; 600 s here). An execution that
+    arrives late in a pod's life must still get a pod that outlives its timeout.
+
+    Catches finding 7 (the oldest warm pod was claimed first and killed mid-run, reported as
+    WallTimeout). Caught: removing the age check from PoolManager._doomed made this execution
+    end Failed (killed at the pod's deadline), and this test failed.
+    """
+    monkeypatch.setattr(podspec, "WARM_DEADLINE_SECONDS", 600)
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        w.api.put("sandboxpools", "", "python", lambda p: p["spec"].update(maxTimeoutSeconds=60))
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 1)
+        await vtime.settle(575.0)
+        name = w.submit(4, sleep=50.0, timeoutSeconds=60)["metadata"]["name"]
+        await w.wait_finished(name)
+        done = w.execution(name)
+        assert done is not None
+        assert done["status"]["phase"] == "Succeeded", done["status"]
 
     vtime.run(scenario)
