@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from codeexec import clock, failpoints, podspec
+from codeexec import backoff, clock, failpoints, podspec
 from codeexec.kube.attach import (
     ERROR,
     STDOUT,
@@ -158,7 +158,7 @@ async def _deliver(
         # The stream ended while the container still runs (API server restart, proxy timeout,
         # a held session gone stale): attach again and keep listening.
         attempt += 1
-        await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+        await backoff.sleep(attempt + 1, base=0.05, cap=2.0)
     return None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from codeexec import podspec
+from codeexec import backoff, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.outcomes import Terminated
 
@@ -205,4 +205,4 @@ class PodCache:
             except Exception as err:  # the watch must outlive any hiccup of the API server
                 log.warning("sandbox pod watch broke: %r", err)
             attempt += 1
-            await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+            await backoff.sleep(attempt + 1, base=0.2, cap=5.0)

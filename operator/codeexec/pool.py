@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from codeexec import clock, metrics, podspec
+from codeexec import backoff, clock, metrics, podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
@@ -210,7 +210,7 @@ class PoolManager:
             except Exception as err:  # keep the pool alive through API hiccups
                 failures += 1
                 log.warning("pool %s: reconcile failed (%d): %r", pool.name, failures, err)
-            delay = 5.0 if failures == 0 else min(30.0, 0.5 * 2**failures)
+            delay = 5.0 if failures == 0 else backoff.delay(failures + 1, base=0.5, cap=30.0)
             if pool.report_due is not None:
                 delay = max(0.05, min(delay, pool.report_due - clock.monotonic()))
             wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))

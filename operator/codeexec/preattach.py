@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from codeexec import clock, metrics, podspec
+from codeexec import backoff, clock, metrics, podspec
 from codeexec.kube.attach import AttachError, AttachSession, open_attach
 from codeexec.kube.client import Kube
 from codeexec.podcache import PodCache, PodView
@@ -138,7 +138,7 @@ class Preattacher:
                     log.debug("pre-attached session to %s ended", name)
                 # Dropped sessions are reopened while the pod stays warm; back off so a pod
                 # the runtime refuses does not become a busy loop.
-                await asyncio.sleep(min(10.0, 0.2 * 2**failures))
+                await backoff.sleep(failures + 1, base=0.2, cap=10.0)
         finally:
             if not held.taken and held.session is not None:
                 await held.session.close()

@@ -7,7 +7,6 @@ session with keep-alive, so the hot path pays no connection setup.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from codeexec import __version__, jsonbounds
+from codeexec import __version__, backoff, jsonbounds
 from codeexec.kube.config import Connection
 
 JSON = dict[str, Any]
@@ -343,4 +342,4 @@ class Kube:
 
 
 async def sleep_backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> None:
-    await asyncio.sleep(min(cap, base * 2**attempt))
+    await backoff.sleep(attempt + 1, base=base, cap=cap)
