@@ -181,6 +181,9 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
             s["passed"] = scenario_passed(s)
             result["scenarios"][name] = s
             ran.append(name)
+            if args.keep:  # each scenario's figures kept at once: a later one may be stopped
+                result["passed"] = all(scenario_passed(x) for x in result["scenarios"].values())
+                save_section("chaos", result, args.smoke)
             log.info(
                 "%s: terminal %d/%d, started twice %d, leaks %d, lost %d, stuck %s, "
                 "recovery %s s, %s",
