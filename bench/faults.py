@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from bench.cluster import CLUSTER_DIR, DEPLOYMENTS, INSTANCE, NODES, poll, whole
@@ -46,6 +48,7 @@ RELEASE, RELEASE_NS = "bench-chaos", "bench-chaos-system"
 LEASE_NAME = "bench-chaos-leader"
 # The cgroup v2 the bench's operator runs in (below the cgroup v2 root).
 OPERATOR_CGROUP = "codeexec-bench-operator"
+NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass
@@ -257,20 +260,39 @@ class LeaderPause(SingleOperatorFault):
             },
         )
 
+    async def holder(self) -> str:
+        """Who holds the Lease ("" if nobody, or the API does not answer)."""
+        try:
+            lease = await self.stage.kube.get(LEASES, LEASE_NAME, TENANT_NS)
+        except (ApiError, *NETWORK_ERRORS):
+            return ""
+        return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
     async def setup(self) -> None:
         self.stage.op.stop()
         a, b = self.replicas
         await a.start()  # the first leads
+
+        async def a_leads() -> bool:
+            return await self.holder() == a.extra_env["POD_NAME"]
+
+        await poll(a_leads, timeout=60, interval=0.2, what="the first replica leading")
         b.spawn()
-        await poll(b.healthy, timeout=90, interval=0.2, what="standby replica alive")
+        # A standby is ready too (a drain must be able to evict the leader): /readyz tells
+        # nothing about leading, the Lease does.
+        await poll(b.ready, timeout=90, interval=0.2, what="standby replica ready")
 
     async def ensure_operator(self) -> None:
-        async def one_ready() -> bool:
-            return any([await r.ready() for r in self.replicas if r.alive()])
+        async def leader_ready() -> bool:
+            holder = await self.holder()
+            for r in self.replicas:
+                if r.alive() and r.extra_env["POD_NAME"] == holder and await r.ready():
+                    return True
+            return False
 
         if not any(r.alive() for r in self.replicas):
             self.replicas[0].spawn()
-        await poll(one_ready, timeout=120, interval=0.2, what="a replica leading")
+        await poll(leader_ready, timeout=120, interval=0.2, what="a replica leading")
 
     async def inject(self) -> Window:
         kube = self.stage.kube
@@ -280,24 +302,30 @@ class LeaderPause(SingleOperatorFault):
         leader = next(r for r in self.replicas if r.extra_env["POD_NAME"] == holder)
         standby = next(r for r in self.replicas if r is not leader)
         notes: dict[str, Any] = {"lease_seconds": duration, "leader": holder}
+
+        async def standby_leads() -> bool:
+            return await self.holder() == standby.extra_env["POD_NAME"]
+
         start = time.monotonic()
         leader.pause()
         try:
-            await poll(standby.ready, timeout=3 * duration + 60, interval=0.2, what="takeover")
+            await poll(standby_leads, timeout=3 * duration + 60, interval=0.2, what="takeover")
             notes["takeover_seconds"] = round(time.monotonic() - start, 1)
             await asyncio.sleep(max(0.0, start + duration + self.extra_s - time.monotonic()))
         finally:
             leader.resume()
         end = time.monotonic()
         notes["paused_seconds"] = round(end - start, 1)
+
         # What the old leader does once it runs again: it must stop acting (exit, or stand by).
-        both_ready, deadline = 0, end + 20
-        while time.monotonic() < deadline and leader.alive():
-            if await leader.ready() and await standby.ready():
-                both_ready += 1
-            await asyncio.sleep(0.2)
+        async def exited() -> bool:
+            return not leader.alive()
+
+        with contextlib.suppress(TimeoutError):
+            await poll(exited, timeout=20, interval=0.1, what="the old leader's exit")
         notes["old_leader_exited"] = not leader.alive()
-        notes["both_ready_samples_after_resume"] = both_ready
+        if not leader.alive():
+            notes["old_leader_exit_seconds_after_resume"] = round(time.monotonic() - end, 1)
         return Window(start, end, notes)
 
     async def teardown(self) -> None:
@@ -367,6 +395,7 @@ class NodeDrain:
         node = (await self.stage.kube.list(NODES))["items"][0]["metadata"]["name"]
         notes: dict[str, Any] = {"node": node, "image_tag": self.image_tag}
         start = time.monotonic()
+        evicted: list[str] = []
         try:
             out = await run_tool(
                 kubectl,
@@ -379,13 +408,15 @@ class NodeDrain:
                 timeout=300,
             )
             notes["drain_seconds"] = round(time.monotonic() - start, 1)
-            notes["evicted"] = out.count("evicted")
+            evicted = re.findall(rf"evicting pod {SANDBOX_NS}/(\S+)", out)
+            notes["evicted_sandbox_pods"] = len(evicted)
+            notes["evicted_pods"] = len(re.findall(r"evicting pod ", out))
             await asyncio.sleep(self.drained_s)
         finally:
             await run_tool(kubectl, "uncordon", node)
         await wait_whole(self.stage.kube)
         end = time.monotonic()
-        return Window(start, end, notes)
+        return Window(start, end, notes, disturbed_pods=evicted)
 
     async def teardown(self) -> None:
         kubectl = k8s_tool("kubectl")

@@ -52,6 +52,9 @@ class Window:
     start: float
     end: float
     notes: dict[str, Any] = field(default_factory=dict)
+    # Sandbox pods the fault itself deleted (a drain's evictions): their executions count as
+    # disturbed, as those of pod-delete do.
+    disturbed_pods: list[str] = field(default_factory=list)
 
 
 class Fault(Protocol):
@@ -275,6 +278,12 @@ class Scenario:
                 self.fault_error = repr(err)
                 now = time.monotonic()
                 self.window = Window(now, now)
+            gone = set(self.window.disturbed_pods)
+            for ev in self.pods.pods.values():
+                if ev.name in gone:
+                    ev.deleted_by_chaos = True
+                    if ev.execution_uid:
+                        self.chaos_deleted_uids.add(ev.execution_uid)
             log.info(
                 "%s: the cluster is whole again (%.1f s after the fault began)",
                 self.name,
