@@ -165,6 +165,9 @@ class Kubelet:
         self.containers: dict[str, _Container] = {}
         self.starts: list[Start] = []
         self.attach_refused: set[str] = set()
+        # Sessions opened on warm pods (pre-attached) go stale unnoticed: what is sent on them
+        # is lost, as when a proxy drops an idle stream without closing it.
+        self.stale_warm_sessions = False
         api.hooks.append(self._changed)
         api.attach = self.attach
 
@@ -296,6 +299,10 @@ class Kubelet:
         if name in self.attach_refused or c.state != "running":
             raise refused(url, 400, "container is not running")
         sock = FakeSocket(c, client)
+        labels = ((self.api.read("pods", namespace, name) or {}).get("metadata") or {}).get(
+            "labels"
+        ) or {}
+        sock.deaf = self.stale_warm_sessions and labels.get(podspec.STATE_LABEL) == podspec.WARM
         c.sessions.add(sock)
         return sock
 

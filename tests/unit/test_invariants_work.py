@@ -218,3 +218,65 @@ def test_a_claim_never_lands_on_a_pod_without_enough_life_left(
         assert done["status"]["phase"] == "Succeeded", done["status"]
 
     vtime.run(scenario)
+
+
+def test_a_stale_held_session_never_loses_or_repeats_the_run() -> None:
+    """Every session pre-attached to a warm pod has gone stale (bytes sent on it vanish): the
+    request is sent again on a fresh session, and the code runs exactly once.
+
+    Catches a held session trusted blindly (the request lost, the execution waiting out its
+    deadline). Caught: setting deliver.CONFIRM_SECONDS to None (wait forever for the start
+    record on a held session) made this execution end without a result, and fail.
+    """
+
+    async def scenario() -> None:
+        w = World(pool_size=2)
+        w.kubelet.stale_warm_sessions = True
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 2)
+        await vtime.settle(5.0)  # the pre-attached sessions are open (and stale)
+        ex = w.submit(6)
+        await w.wait_finished(ex["metadata"]["name"])
+        done = w.execution(ex["metadata"]["name"])
+        assert done is not None
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        assert len(w.kubelet.started_for(ex["metadata"]["uid"])) == 1
+
+    vtime.run(scenario)
+
+
+def test_dropped_and_expired_watches_never_lose_or_repeat_an_execution() -> None:
+    """Every watch stream is cut every 2.5 s, reconnects take 2 s and the history they would
+    resume from is compacted meanwhile (410 Gone), while executions come and go: each ends
+    once, with its result.
+
+    Catches a cache or feed that trusts one watch stream (events lost across a reconnect, a
+    410 never answered by a re-list). Caught: making PodCache.run answer a 410 by watching again
+    from the same version instead of listing again made this fail (never terminal).
+    """
+
+    async def scenario() -> None:
+        w = World(pool_size=2)
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 2)
+        names = []
+        for i in range(12):
+            names.append(w.submit(i)["metadata"]["name"])
+            # The streams end; reconnecting takes 2 s, during which the world moves on and
+            # the history the reconnects would resume from is compacted away.
+            slow = w.api.fail(lambda c: c.verb == "watch", latency=2.0)
+            w.api.close_watches()
+            await vtime.settle(1.0)
+            w.api.compact()
+            await vtime.settle(1.5)
+            w.api.heal(slow)
+        await w.wait_finished(*names)
+        for name in names:
+            ex = w.execution(name)
+            assert ex is not None
+            assert ex["status"]["phase"] == "Succeeded", (name, ex["status"])
+            assert len(w.kubelet.started_for(ex["metadata"]["uid"])) == 1
+
+    vtime.run(scenario)
