@@ -47,7 +47,10 @@ class Settings:
     )
     lease_namespace: str = field(default_factory=lambda: _env("LEASE_NAMESPACE", "codeexec-system"))
     lease_name: str = field(default_factory=lambda: _env("LEASE_NAME", "codeexec-operator"))
-    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
+    # Unique per process: two replicas sharing an identity would both renew one lease.
+    identity: str = field(
+        default_factory=lambda: os.environ.get("POD_NAME") or f"{os.uname().nodename}-{os.getpid()}"
+    )
 
 
 def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:

@@ -135,10 +135,13 @@ class LeaderElector:
         holder = spec.get("holderIdentity") or ""
         unchanged_for = self._observe(spec)
         duration = int(spec.get("leaseDurationSeconds") or self.lease_seconds)
-        renewing = holder == self.identity and self.term is not None
+        transitions_now = int(spec.get("leaseTransitions") or 0)
+        # Our own term still: the same holder *and* no transition since we took it (another
+        # process with our identity, a restarted container of this pod, took it meanwhile).
+        renewing = self.term == f"{holder}#{transitions_now}" and holder == self.identity
         if not renewing and holder and unchanged_for < duration:
             return False  # someone holds it (or a predecessor of ours may still act)
-        transitions = int(spec.get("leaseTransitions") or 0) + (0 if renewing else 1)
+        transitions = transitions_now + (0 if renewing else 1)
         new: dict[str, Any] = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
