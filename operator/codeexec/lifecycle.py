@@ -26,9 +26,9 @@ from pydantic import ValidationError
 from codeexec import clock, failpoints, jsonbounds, metrics, podspec
 from codeexec import status as st
 from codeexec.api.models import MAX_CODE_BYTES, ArtifactInfo, CodeExecutionSpec, Phase
-from codeexec.artifacts import Owner, Store, listed
+from codeexec.artifacts import Owner
 from codeexec.artifacts.s3 import Credentials
-from codeexec.artifacts.stores import Stores
+from codeexec.artifacts.stores import Stores, keep
 from codeexec.claim import Broker, NoPodInTime
 from codeexec.collect import collect
 from codeexec.deliver import NeverSent, deliver
@@ -41,7 +41,7 @@ from codeexec.podcache import PodCache
 from codeexec.poddelete import delete_pod
 from codeexec.pool import Pool, PoolManager
 from codeexec.preattach import Preattacher
-from codeexec.protocol import ArtifactRecord, Report, Request, new_request_id
+from codeexec.protocol import Report, Request, new_request_id
 from codeexec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -483,9 +483,8 @@ class Road:
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
             outcome = classify(_with(evidence, report=report))
-            outcome, stored = await self.keep_artifacts(
-                ex, store, outcome, report, delivery.artifacts
-            )
+            owner = Owner(ex.namespace, ex.name, ex.uid)
+            outcome, stored = await keep(store, owner, outcome, report, delivery.artifacts)
             return outcome, report, {"artifacts": stored}
         if report is not None and not report.started:
             raise NotStarted(report.protocol_error or "the runner got no request")
@@ -528,33 +527,6 @@ class Road:
             extra["exit_code"] = pod.terminated.exit_code
             extra["signal"] = pod.terminated.signal
         return outcome, None, extra
-
-    async def keep_artifacts(
-        self,
-        ex: Execution,
-        store: Store,
-        outcome: Outcome,
-        report: Report,
-        records: tuple[ArtifactRecord, ...],
-    ) -> tuple[Outcome, list[ArtifactInfo]]:
-        """Stores the artifacts the report lists; a store that fails costs the artifacts
-        (said in the message), never the outcome."""
-        kept = listed(list(records), report.artifacts)
-        note = ""
-        if len(kept) < len(report.artifacts):
-            note = f"; {len(report.artifacts) - len(kept)} artifacts did not arrive whole"
-        if report.artifact_problem:
-            note += f"; artifacts: {report.artifact_problem}"
-        stored: list[ArtifactInfo] = []
-        if kept:
-            try:
-                stored = await store.put(Owner(ex.namespace, ex.name, ex.uid), kept)
-            except Exception as err:  # any store failure is reported, not raised
-                log.warning("%s: artifacts not stored: %r", ex.ref, err)
-                note += f"; the artifacts could not be stored ({str(err)[:200]})"
-        if note:
-            outcome = Outcome(outcome.reason, outcome.message + note)
-        return outcome, stored
 
     async def settled(self, name: str) -> None:
         """A Terminating pod is judged on the kubelet's final record (its claim finalizer keeps

@@ -1,4 +1,5 @@
-"""Which store keeps a pool's artifacts, and removing a deleted execution's S3 objects."""
+"""Which store keeps a pool's artifacts, keeping a run's artifacts there, and removing a
+deleted execution's S3 objects."""
 
 from __future__ import annotations
 
@@ -6,15 +7,44 @@ import logging
 from typing import Any
 
 from codeexec.api.models import ArtifactInfo
-from codeexec.artifacts import Limits, Owner, Store
+from codeexec.artifacts import Limits, Owner, Store, listed
 from codeexec.artifacts.configmapstore import ConfigMapStore
 from codeexec.artifacts.s3 import S3, Credentials
 from codeexec.artifacts.s3store import LIMITS as S3_LIMITS
 from codeexec.artifacts.s3store import S3Store
 from codeexec.kube.client import Kube
+from codeexec.outcomes import Outcome
 from codeexec.pool import Pool
+from codeexec.protocol import ArtifactRecord, Report
 
 log = logging.getLogger(__name__)
+
+
+async def keep(
+    store: Store,
+    owner: Owner,
+    outcome: Outcome,
+    report: Report,
+    records: tuple[ArtifactRecord, ...],
+) -> tuple[Outcome, list[ArtifactInfo]]:
+    """Stores the artifacts the report lists; a store that fails costs the artifacts (said in
+    the outcome's message), never the outcome."""
+    kept = listed(list(records), report.artifacts)
+    note = ""
+    if len(kept) < len(report.artifacts):
+        note = f"; {len(report.artifacts) - len(kept)} artifacts did not arrive whole"
+    if report.artifact_problem:
+        note += f"; artifacts: {report.artifact_problem}"
+    stored: list[ArtifactInfo] = []
+    if kept:
+        try:
+            stored = await store.put(owner, kept)
+        except Exception as err:  # any store failure is reported, not raised
+            log.warning("%s/%s: artifacts not stored: %r", owner.namespace, owner.name, err)
+            note += f"; the artifacts could not be stored ({str(err)[:200]})"
+    if note:
+        outcome = Outcome(outcome.reason, outcome.message + note)
+    return outcome, stored
 
 
 class Stores:
