@@ -616,6 +616,12 @@ OPERATOR_NEEDS = [
     (SANDBOX, "create pods/attach"),
     (SANDBOX, "create networking.k8s.io:networkpolicies"),
     (SANDBOX, "patch networking.k8s.io:networkpolicies"),
+    (SANDBOX, "delete networking.k8s.io:networkpolicies"),
+    # Pools that select tenants by label: the execution's namespace, read by name.
+    (CLUSTER, "get namespaces kube-system"),
+    # Network pools' egress excepts node and API server addresses.
+    (CLUSTER, "list nodes"),
+    ("default", "get discovery.k8s.io:endpointslices kubernetes"),
 ]
 
 OPERATOR_MUST_NOT = [
@@ -637,7 +643,7 @@ OPERATOR_MUST_NOT = [
     (CLUSTER, "list secrets"),
     ("kube-system", "get configmaps"),
     (SANDBOX, "create serviceaccounts/token"),
-    (SANDBOX, "delete networking.k8s.io:networkpolicies"),
+    (SANDBOX, "deletecollection networking.k8s.io:networkpolicies"),
     (TENANT, "create networking.k8s.io:networkpolicies"),
     (TENANT, "create codeexec.io:codeexecutions"),
     (TENANT, "update codeexec.io:codeexecutions"),
@@ -648,9 +654,16 @@ OPERATOR_MUST_NOT = [
     (CLUSTER, "patch codeexec.io:sandboxpools e2e-python"),
     (CLUSTER, "delete codeexec.io:sandboxpools e2e-python"),
     (CLUSTER, "list namespaces"),
-    (CLUSTER, "get namespaces kube-system"),
+    (CLUSTER, "watch namespaces"),
+    (CLUSTER, "patch namespaces kube-system"),
     (CLUSTER, "delete namespaces codeexec-e2e-sandbox"),
-    (CLUSTER, "list nodes"),
+    (CLUSTER, "get nodes codeexec-node"),
+    (CLUSTER, "watch nodes"),
+    (CLUSTER, "patch nodes codeexec-node"),
+    (CLUSTER, "get nodes/proxy codeexec-node"),
+    ("default", "get discovery.k8s.io:endpointslices other"),
+    ("default", "list discovery.k8s.io:endpointslices"),
+    ("kube-system", "get discovery.k8s.io:endpointslices kubernetes"),
     (CLUSTER, "create rbac.authorization.k8s.io:clusterrolebindings"),
     (RELEASE_NAMESPACE, "get coordination.k8s.io:leases"),  # one replica: no Lease rights
     (RELEASE_NAMESPACE, "create apps:deployments"),

@@ -16,9 +16,10 @@ from typing import Any
 import kopf
 
 from codeexec import metrics, podspec, watchdog, web
-from codeexec.api.models import GROUP, VERSION
+from codeexec.api.models import GROUP, VERSION, SandboxPoolSpec
 from codeexec.claim import Broker
 from codeexec.controller import Executions
+from codeexec.egress import EgressPolicies
 from codeexec.kube import config, kopfjson
 from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube, new_session
 from codeexec.kube.events import Recorder
@@ -38,6 +39,7 @@ class State:
 
     rt: Runtime
     executions: Executions
+    egress: EgressPolicies
     elector: LeaderElector | None
     tasks: list[asyncio.Task[None]]
     web: Any
@@ -132,6 +134,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     except ApiError as err:
         raise kopf.PermanentError(f"sandbox namespace {ns!r} is not usable: {err}") from err
     await ensure_network_policies(kube, ns)
+    egress = EgressPolicies(kube, ns, cfg.cluster_cidrs)
+    try:
+        # Before any pool's policy is written: its internet rule must except the nodes.
+        await egress.refresh()
+    except ApiError as err:
+        raise kopf.PermanentError(f"cannot read the cluster's node addresses: {err}") from err
+    STATE.egress = egress
     cache = PodCache(kube, ns)
     pools = PoolManager(kube, cache, ns, cfg.pool_selector)
     preattach = Preattacher(kube, cache, ns, serves=lambda pod: pod.pool in pools.pools)
@@ -145,6 +154,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         "preattach": preattach.run,
         "ttl-janitor": STATE.executions.janitor.run,
         "claimed-pod-sweep": STATE.executions.sweep,
+        "egress-policies": lambda: egress.run(lambda: _served_specs(pools)),
     }
     STATE.tasks = [
         *leadership,
@@ -158,7 +168,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     ready.set()
 
 
+def _served_specs(pools: PoolManager) -> dict[str, SandboxPoolSpec]:
+    return {name: pool.spec for name, pool in pools.pools.items()}
+
+
 async def ensure_network_policies(kube: Kube, namespace: str) -> None:
+    # Older versions opened all egress to every network pool with one policy: it must go
+    # before anything else, or it would keep adding to the per-pool policies.
+    await kube.delete(NETWORK_POLICIES, podspec.LEGACY_ALLOW_EGRESS, namespace)
     for policy in podspec.network_policies(namespace):
         name = policy["metadata"]["name"]
         try:
@@ -192,6 +209,13 @@ async def pool_event(type: str | None, body: kopf.Body, name: str, **_: Any) -> 
         await STATE.rt.pools.remove(name)
     else:
         STATE.rt.pools.upsert(dict(body))
+    # A failure here is retried by the egress task within seconds; until then a new network
+    # pool's pods have only the deny-all policy (closed, never open).
+    try:
+        await STATE.egress.sync(_served_specs(STATE.rt.pools))
+    except ApiError as err:
+        log.warning("egress policies after pool %s changed: %s", name, err)
+        STATE.egress.applied.clear()
 
 
 @kopf.on.event(GROUP, VERSION, "codeexecutions")

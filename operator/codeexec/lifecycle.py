@@ -215,7 +215,7 @@ class Road:
         except Invalid as err:
             await self.finish_early(body, Reason.INVALID_REQUEST, str(err))
             return
-        pool = self.rt.pools.resolve(ex.spec.language, ex.spec.pool)
+        pool = await self.rt.pools.resolve(ex.spec.language, ex.spec.pool, ex.namespace)
         if isinstance(pool, str):
             await self.finish_early(body, Reason.INVALID_REQUEST, pool)
             return

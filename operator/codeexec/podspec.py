@@ -7,8 +7,10 @@ memory-backed /tmp, and a per-pod uid so that RLIMIT_NPROC and /proc permissions
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from codeexec.api.models import SandboxPoolSpec
@@ -89,6 +91,10 @@ def template_hash(spec: SandboxPoolSpec) -> str:
         "maxTimeoutSeconds",
         "readyTimeoutSeconds",
         "queueTimeoutSeconds",
+        # Who may use a pool and where its pods may connect do not shape the pod: the egress
+        # rules live in the pool's NetworkPolicy, which applies to running pods at once.
+        "tenants",
+        "egress",
     ):
         shaping.pop(ignored, None)
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
@@ -194,27 +200,115 @@ def sandbox_pod(pool: str, spec: SandboxPoolSpec, namespace: str) -> dict[str, A
     }
 
 
+# Never reachable through the default internet rule of an allowNetwork pool: what an attacker
+# inside the cluster's network would aim at. RFC 1918 and CGNAT hold pods, Services and nodes
+# on most clusters (and Alibaba's metadata, 100.100.100.200); link-local holds the clouds'
+# metadata (169.254.169.254) and node-local DNS; the rest are not internet destinations.
+BLOCKED_IPV4 = (
+    "0.0.0.0/8",  # "this network"
+    "10.0.0.0/8",  # RFC 1918
+    "100.64.0.0/10",  # RFC 6598 CGNAT
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local: cloud metadata
+    "172.16.0.0/12",  # RFC 1918
+    "192.0.0.0/24",  # IETF protocol assignments
+    "192.168.0.0/16",  # RFC 1918
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved, broadcast
+)
+# The name the policy of one pool gets; the label ties it to its pool.
+EGRESS_POLICY_PREFIX = "codeexec-egress-"
+# Allowed everything to network pools before per-pool policies; deleted at start-up.
+LEGACY_ALLOW_EGRESS = "codeexec-sandbox-allow-egress"
+# CoreDNS and kube-dns pods carry this label in kube-system on every common distribution.
+CLUSTER_DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+
+
 def network_policies(namespace: str) -> list[dict[str, Any]]:
-    """Deny all ingress to sandbox pods, and all egress unless their pool allows network."""
-    base = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}
+    """Deny all ingress and egress to every sandbox pod; pools open egress with their own."""
     deny_all = {
-        **base,
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": {"name": "codeexec-sandbox-deny-all", "namespace": namespace},
         "spec": {
             "podSelector": {"matchLabels": {MANAGED_BY: OPERATOR}},
             "policyTypes": ["Ingress", "Egress"],
         },
     }
-    allow_egress = {
-        **base,
-        "metadata": {"name": "codeexec-sandbox-allow-egress", "namespace": namespace},
+    return [deny_all]
+
+
+def blocked_ranges(cluster: Iterable[str]) -> list[str]:
+    """BLOCKED_IPV4 plus the cluster's own IPv4 addresses and ranges, merged and sorted.
+
+    `cluster`: node and API server addresses, pod and Service CIDRs. Only IPv4 counts: the
+    internet rule opens IPv4 only, so IPv6 is closed unless an allow rule names it.
+    """
+    nets = [ipaddress.IPv4Network(n) for n in BLOCKED_IPV4]
+    for entry in cluster:
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network):
+            nets.append(net)
+    return [str(n) for n in ipaddress.collapse_addresses(nets)]
+
+
+def egress_policy(
+    pool: str, spec: SandboxPoolSpec, namespace: str, blocked: list[str]
+) -> dict[str, Any]:
+    """The egress a network-enabled pool's pods get, on top of the namespace's deny-all.
+
+    NetworkPolicy rules add up: the internet rule is 0.0.0.0/0 minus `blocked`; DNS and each
+    allow rule open exactly their peers and ports, even inside `blocked`. The policy is matched
+    after kube-proxy's DNAT, so a Service address is judged by its endpoint (the API server's
+    Service IP by the node or control-plane address behind it): that is why node and API
+    server addresses are in `blocked`.
+    """
+    rules: list[dict[str, Any]] = []
+    egress = spec.egress
+    if egress.internet:
+        rules.append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(blocked)}}]})
+    if egress.dns:
+        rules.append(
+            {
+                "to": [CLUSTER_DNS_PEER],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            }
+        )
+    for rule in egress.allow:
+        cidr = str(ipaddress.ip_network(rule.cidr.strip(), strict=False))
+        opened: dict[str, Any] = {"to": [{"ipBlock": {"cidr": cidr}}]}
+        if rule.ports:
+            opened["ports"] = [
+                {
+                    "protocol": p.protocol,
+                    "port": p.port,
+                    **({"endPort": p.end_port} if p.end_port and p.end_port > p.port else {}),
+                }
+                for p in rule.ports
+            ]
+        rules.append(opened)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": EGRESS_POLICY_PREFIX + pool,
+            "namespace": namespace,
+            "labels": {MANAGED_BY: OPERATOR, POOL_LABEL: pool},
+        },
         "spec": {
-            "podSelector": {"matchLabels": {MANAGED_BY: OPERATOR, EGRESS_LABEL: "allow"}},
+            "podSelector": {
+                "matchLabels": {MANAGED_BY: OPERATOR, POOL_LABEL: pool, EGRESS_LABEL: "allow"}
+            },
             "policyTypes": ["Egress"],
-            "egress": [{}],
+            "egress": rules,
         },
     }
-    return [deny_all, allow_egress]
 
 
 def claim_patch(

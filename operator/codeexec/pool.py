@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from codeexec import backoff, clock, metrics, podspec
+from codeexec import backoff, clock, metrics, podspec, tenants
 from codeexec.api.models import SandboxPoolSpec
-from codeexec.kube.client import PODS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.client import NAMESPACES, PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
 from codeexec.settings import selector_matches
@@ -135,14 +135,23 @@ class PoolManager:
             if pod.state == podspec.WARM:
                 await self._delete_warm(pod)
 
-    def resolve(self, language: str, name: str | None) -> Pool | str:
-        """The pool for an execution, or why there is none."""
+    async def resolve(self, language: str, name: str | None, namespace: str) -> Pool | str:
+        """The pool for an execution in `namespace`, or why there is none.
+
+        Checked before any claim: a namespace a pool's `spec.tenants` does not admit never gets
+        its network, limits, runtime or nodes.
+        """
         if name:
             pool = self.pools.get(name)
             if pool is None:
                 return f"SandboxPool {name!r} does not exist"
             if pool.spec.language != language:
                 return f"SandboxPool {name!r} runs {pool.spec.language}, not {language}"
+            if not await self.admits(pool, namespace):
+                return (
+                    f"namespace {namespace!r} may not use SandboxPool {name!r} "
+                    "(not among the pool's spec.tenants)"
+                )
             return pool
         defaults = sorted(
             (p for p in self.pools.values() if p.spec.language == language and p.spec.default),
@@ -150,7 +159,30 @@ class PoolManager:
         )
         if not defaults:
             return f"no default SandboxPool for {language}; set spec.pool"
-        return defaults[0]
+        for pool in defaults:
+            if await self.admits(pool, namespace):
+                return pool
+        names = ", ".join(repr(p.name) for p in defaults)
+        return (
+            f"namespace {namespace!r} may use no default SandboxPool for {language} "
+            f"(not among the spec.tenants of {names}); set spec.pool"
+        )
+
+    async def admits(self, pool: Pool, namespace: str) -> bool:
+        """Reads the namespace's labels only when the pool selects tenants by label.
+
+        Read at the moment of the decision, not from a cache: a label taken away revokes access
+        for the next execution. A namespace that is gone is admitted by nothing but a list.
+        """
+        labels: dict[str, str] | None = None
+        if tenants.needs_labels(pool.spec.tenants, namespace):
+            try:
+                ns = await self.kube.get(NAMESPACES, namespace)
+                labels = ns["metadata"].get("labels") or {}
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+        return tenants.admits(pool.spec.tenants, namespace, labels)
 
     async def stop(self) -> None:
         for pool in self.pools.values():

@@ -23,6 +23,14 @@ class Settings:
     # Which SandboxPools this installation serves (a label selector, equality terms only);
     # empty means all. Lets several installations share a cluster without fighting over pools.
     pool_selector: str = field(default_factory=lambda: _env("POOL_SELECTOR", ""))
+    # The cluster's pod and Service CIDRs (and any other range of its own), comma-separated:
+    # network-enabled pools never reach them. Node and API server addresses are found on their
+    # own; RFC 1918, CGNAT, loopback and link-local are always blocked.
+    cluster_cidrs: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            c.strip() for c in _env("CLUSTER_CIDRS", "").split(",") if c.strip()
+        )
+    )
     # Head of each stream kept in the status (etcd holds at most 1.5 MiB per object).
     keep_bytes: int = field(default_factory=lambda: int(_env("KEEP_BYTES", "65536")))
     # Default combined output after which the program is stopped (OutputLimit).

@@ -190,6 +190,41 @@ class PoolArtifacts(_Model):
     max_total_bytes: int | None = None
 
 
+class LabelRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelRequirement] = Field(default_factory=list)
+
+
+class PoolTenants(_Model):
+    """Namespaces allowed to use a pool: listed, or selected by their labels (either suffices)."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    namespace_selector: LabelSelector | None = None
+
+
+class EgressPort(_Model):
+    port: int = Field(ge=1, le=65535)
+    end_port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class EgressRule(_Model):
+    cidr: str
+    ports: list[EgressPort] = Field(default_factory=list)
+
+
+class PoolEgress(_Model):
+    internet: bool = True
+    dns: bool = False
+    allow: list[EgressRule] = Field(default_factory=list)
+
+
 class SandboxPoolSpec(_Model):
     language: Language
     image: str
@@ -202,6 +237,8 @@ class SandboxPoolSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     allow_network: bool = False
+    egress: PoolEgress = Field(default_factory=PoolEgress)
+    tenants: PoolTenants | None = None
     scratch_size_limit: str = "64Mi"
     max_processes: int = Field(default=64, ge=1)
     ready_timeout_seconds: int = Field(default=120, ge=5)
