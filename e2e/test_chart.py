@@ -52,6 +52,7 @@ APP_VERSION = yaml.safe_load((REPO_ROOT / "charts/codeexec-operator/Chart.yaml")
 # the chart's kubeVersion): render for the test bed's.
 KUBE_VERSION = "1.34.4"
 SA_USER = f"system:serviceaccount:{RELEASE_NS}:{FULLNAME}"
+GATEWAY_SECRET, GATEWAY_TOKEN = "codeexec-e2e-gateway", secrets.token_hex(16)
 SA_GROUPS = [
     "system:serviceaccounts",
     f"system:serviceaccounts:{RELEASE_NS}",
@@ -136,6 +137,30 @@ def test_values_schema_rejects_mistakes(helm_bin: Path, pair: str, complaint: st
     )
     assert proc.returncode != 0
     assert complaint in proc.stderr
+
+
+def test_gateway_without_a_token_secret_does_not_render(helm_bin: Path) -> None:
+    """caught: the chart rendered an open gateway before (no token unless one was named)."""
+    proc = run_helm(helm_bin, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
+                    check=False)  # fmt: skip
+    assert proc.returncode != 0 and "gateway.tokenSecret is required" in proc.stderr
+
+
+def test_gateway_network_policy_admits_only_the_named_peers(helm_bin: Path) -> None:
+    """caught: the chart had no NetworkPolicy for the gateway; every pod could call it."""
+    name = f"{RELEASE}-codeexec-operator-gateway"
+    docs = render(helm_bin, "gateway.enabled=true", "gateway.tokenSecret=gw")
+    policy = find(docs, "NetworkPolicy", name)
+    pod_labels = find(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"] == []
+    peer = "gateway.networkPolicy.from[0].namespaceSelector.matchLabels.team=ragflow"
+    docs = render(helm_bin, "gateway.enabled=true", "gateway.tokenSecret=gw", peer)
+    (rule,) = find(docs, "NetworkPolicy", name)["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "ragflow"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8090}]
+    container = find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    assert "--token-file=/var/run/secrets/codeexec-gateway/token" in container["args"]
 
 
 def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
@@ -346,12 +371,22 @@ def release(
         "image": {"tag": IMAGE_TAG},
         "operator": {"instance": INSTANCE, "watchNamespaces": [tenant_ns]},
         "sandbox": {"namespace": {"name": SANDBOX_NS}},
-        "gateway": {"enabled": True, "namespace": tenant_ns},
+        "gateway": {"enabled": True, "namespace": tenant_ns, "tokenSecret": GATEWAY_SECRET},
         "pools": {
             "python": {"name": PY_POOL, "size": POOL_SIZES[PY_POOL]},
             "nodejs": {"name": JS_POOL, "size": POOL_SIZES[JS_POOL]},
         },
     }
+    # The gateway refuses to serve without a token: its Secret exists before the install.
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NS}})
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": GATEWAY_SECRET, "namespace": RELEASE_NS},
+            "stringData": {"token": GATEWAY_TOKEN},
+        }
+    )
     values_file = tmp_path_factory.mktemp("chart") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     run_helm(
@@ -886,23 +921,45 @@ GATEWAY_SA = f"system:serviceaccount:{RELEASE_NS}:{FULLNAME}-gateway"
 SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{RELEASE_NS}"]
 
 
+def proxy_post(
+    release: Release, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    """POST through the API server with our kubeconfig's credentials and extra headers."""
+    import asyncio
+
+    from codeexec.kube import config as kubeconfig
+    from codeexec.kube.client import Kube
+
+    async def post() -> tuple[int, dict[str, Any]]:
+        conn = kubeconfig.from_kubeconfig(str(release.cluster.kubeconfig))
+        assert conn is not None
+        kube = Kube(conn)
+        try:
+            async with kube.session.post(
+                conn.server + path,
+                json=body,
+                headers=kube.headers(headers),
+            ) as resp:
+                return resp.status, await resp.json(content_type=None)
+        finally:
+            await kube.close()
+
+    return asyncio.run(post())
+
+
 @pytest.mark.cluster
-def test_gateway_runs_the_original_usage_example(release: Release, tmp_path: Path) -> None:
+def test_gateway_runs_the_original_usage_example(release: Release) -> None:
     body = {
         "code_b64": base64.b64encode(b"def main(x):\n    return x * 2\n").decode(),
         "language": "python",
         "arguments": {"x": 5},
     }
-    request = tmp_path / "run.json"
-    request.write_text(json.dumps(body))
-    # POST through the API server's service proxy, as any in-cluster client would reach it.
-    out = release.kubectl(
-        "create", "--raw",
-        f"/api/v1/namespaces/{RELEASE_NS}/services/{FULLNAME}-gateway:http/proxy/run",
-        "-f", str(request),
-    ).stdout  # fmt: skip
-    answer = json.loads(out)
-    assert answer["status"] == "success", answer
+    path = f"/api/v1/namespaces/{RELEASE_NS}/services/{FULLNAME}-gateway:http/proxy/run"
+    # POST through the API server's service proxy (the node: admitted by the gateway's
+    # NetworkPolicy), with the token header RAGFlow sends; without it, 401.
+    assert proxy_post(release, path, body, {})[0] == 401
+    status, answer = proxy_post(release, path, body, {"X-Sandbox-Token": GATEWAY_TOKEN})
+    assert status == 200 and answer["status"] == "success", answer
     assert answer["stdout"].strip() == "10"
     assert answer["exit_code"] == 0
 

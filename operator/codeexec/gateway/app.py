@@ -2,7 +2,9 @@
 
 Each request becomes one `CodeExecution` in the configured namespace; the answer is its
 terminal status in the original's shape (compat.py), and the resource is deleted afterwards.
-Middleware, outermost first: access log, request size limit, bearer authentication.
+Middleware, outermost first: access log, request size limit, token authentication.
+Secure by default: no token, no service (unless local-only); every phase of a request has a
+deadline; a client never sees the API server's words, only the gateway's log does.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 from codeexec.client import WaitTimeout
 from codeexec.gateway import accesslog, compat, staticcheck
 from codeexec.gateway import config as gwconfig
-from codeexec.gateway.auth import TokenSource, bearer, matches
+from codeexec.gateway.auth import TokenSource, matches, presented
 from codeexec.gateway.backend import (
     Backend,
     Finished,
@@ -141,11 +143,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     tokens = request.app[GATEWAY].tokens
     if tokens.enabled and request.path not in OPEN_PATHS:
         expected = await tokens.current()
-        # RAGFlow sends its token either way: `Authorization: Bearer` or `X-Sandbox-Token`.
-        given = bearer(request.headers.get("Authorization")) or (
-            request.headers.get("X-Sandbox-Token", "").strip() or None
-        )
-        if expected is None or not matches(given, expected):
+        if expected is None or not matches(presented(request.headers), expected):
             return _error(401, "Not authenticated", **{"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -164,7 +162,13 @@ def _answer(result: compat.OriginalResult, status: int = 200) -> web.Response:
 async def run(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     ctx = _CONTEXT.get()
-    body = await request.read()
+    try:
+        # A body trickled in byte by byte must not hold the connection and its buffer.
+        async with asyncio.timeout(gw.cfg.body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        ctx.fields["error"] = "body deadline"
+        return _error(408, f"the request body did not arrive within {gw.cfg.body_timeout:g} s")
     try:
         req = parse_run_request(body)
     except Invalid as err:
@@ -176,12 +180,23 @@ async def run(request: web.Request) -> web.Response:
     if not gw.gate.try_acquire():
         return _answer(compat.too_many_requests(), gw.cfg.busy_status)
     try:
-        if gw.cfg.static_check and req.language == "python":
-            # Parsing up to 128 KiB of source is CPU work: keep it off the event loop.
-            issues = await asyncio.to_thread(staticcheck.check, req.code)
-            if issues:
-                return _answer(compat.unsafe_code([i.pair() for i in issues]))
-        return await _execute(gw, req, ctx)
+        # The slot is held for a bounded time whatever the backend does: cancelling the
+        # request deletes its execution (backend.execute's cleanup).
+        async with asyncio.timeout(gw.cfg.request_timeout):
+            if gw.cfg.static_check and req.language == "python":
+                # Parsing up to 128 KiB of source is CPU work: keep it off the event loop.
+                issues = await asyncio.to_thread(staticcheck.check, req.code)
+                if issues:
+                    return _answer(compat.unsafe_code([i.pair() for i in issues]))
+            return await _execute(gw, req, ctx)
+    except TimeoutError:
+        ctx.fields["error"] = "request deadline"
+        log.warning("request %s: stopped at its deadline", ctx.request_id)
+        return _answer(
+            compat.internal_error(
+                f"the request did not finish within {gw.cfg.request_timeout:g} s; it was stopped"
+            )
+        )
     finally:
         gw.gate.release()
 
@@ -191,9 +206,15 @@ async def _execute(gw: Gateway, req: RunRequest, ctx: RequestContext) -> web.Res
     try:
         done = await gw.backend.execute(req, ctx.request_id)
     except Rejected as err:
-        # Not the API server's message: it may quote the request's values.
+        # The API server's words stay in the log: they may quote the request's values and
+        # describe the cluster (schema, webhooks, quotas).
         ctx.fields["error"] = "refused by the API server"
-        problem = Problem("value_error", ("body",), f"Value error, {err}")
+        log.warning("request %s: the API server refused the execution: %s", ctx.request_id, err)
+        problem = Problem(
+            "value_error",
+            ("body",),
+            f"Value error, the request was refused as invalid (request {ctx.request_id})",
+        )
         return web.json_response(Invalid([problem]).to_json(), status=422)
     except Vanished as err:
         return _answer(compat.cancelled(str(err)))
@@ -205,9 +226,13 @@ async def _execute(gw: Gateway, req: RunRequest, ctx: RequestContext) -> web.Res
             )
         )
     except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as err:
-        ctx.fields["error"] = str(err)
+        ctx.fields["error"] = type(err).__name__
         log.error("request %s: the Kubernetes API failed: %s", ctx.request_id, err)
-        return _answer(compat.internal_error(f"the Kubernetes API failed: {err}"))
+        return _answer(
+            compat.internal_error(
+                f"the cluster could not run the request (request {ctx.request_id})"
+            )
+        )
     except Exception:
         log.exception("request %s: unhandled error", ctx.request_id)
         ctx.fields["error"] = "unhandled"
@@ -271,14 +296,27 @@ def make_backend(cfg: GatewayConfig, conn: kubeconfig.Connection | None = None) 
     return KubeBackend(kube, cfg)
 
 
+def make_runner(app: web.Application, cfg: GatewayConfig) -> web.AppRunner:
+    # handler_cancellation: a client that hangs up cancels its request, and so its run.
+    # keepalive_timeout also closes a new connection that has not sent a whole request by
+    # then (aiohttp arms it when the connection opens): the deadline on slow headers.
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=30.0,
+        keepalive_timeout=cfg.header_timeout,
+    )
+
+
 async def serve(cfg: GatewayConfig, stop: asyncio.Event) -> None:
+    refusal = cfg.refusal()
+    if refusal:
+        raise ConfigError(refusal)
     backend = make_backend(cfg)
     try:
         app = build_app(cfg, backend)
-        # handler_cancellation: a client that hangs up cancels its request, and so its run.
-        runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=30.0
-        )
+        runner = make_runner(app, cfg)
         await runner.setup()
         await web.TCPSite(runner, cfg.host, cfg.port).start()
         log.info(
@@ -290,6 +328,7 @@ async def serve(cfg: GatewayConfig, stop: asyncio.Event) -> None:
                     "namespace": cfg.namespace,
                     "max_concurrency": cfg.max_concurrency,
                     "auth": app[GATEWAY].tokens.enabled,
+                    "insecure_local_only": cfg.insecure_local_only,
                     "static_check": cfg.static_check,
                 }
             },
@@ -308,6 +347,9 @@ def main(args: argparse.Namespace) -> int:
     accesslog.configure(logging.DEBUG if args.verbose else logging.INFO)
     try:
         cfg = gwconfig.from_args(args)
+        refusal = cfg.refusal()
+        if refusal:
+            raise ConfigError(refusal)
         TokenSource(cfg.token, cfg.token_file).load()
     except (ConfigError, OSError, ValueError) as err:
         print(f"codeexec gateway: {err}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""Optional bearer-token authentication for `POST /run`.
+"""Token authentication for `POST /run`: `Authorization: Bearer <token>` or `X-Sandbox-Token`.
 
 The token comes from the environment or from a file; a file (a mounted Secret) is re-read
 off the event loop when it may have changed, so a rotated Secret takes effect without a
-restart.
+restart. Without a token the gateway serves only with `--insecure-local-only` (config.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -23,6 +23,18 @@ def bearer(header: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+# RAGFlow's executor reads this header as well as a bearer token.
+TOKEN_HEADER = "X-Sandbox-Token"
+
+
+def presented(headers: Mapping[str, str]) -> str | None:
+    """The token a request carries: a bearer token, else the `X-Sandbox-Token` header."""
+    token = bearer(headers.get("Authorization"))
+    if token is None:
+        token = (headers.get(TOKEN_HEADER) or "").strip() or None
+    return token
 
 
 def matches(presented: str | None, expected: str) -> bool:

@@ -45,6 +45,16 @@ class GatewayConfig:
     # The HTTP status of "too many requests" (exit_code -429 either way): 429 as a current
     # RAGFlow's executor answers, or 200 for clients of the original.
     busy_status: int = 429
+    # Serve without a token, on the loopback interface only (a developer's machine).
+    insecure_local_only: bool = False
+    # Deadlines, so that no connection or concurrency slot is held by a client that never
+    # finishes: the request line and headers (aiohttp closes a connection that has not sent a
+    # complete request this long after it opened or went idle), the body (512 KiB arrives in
+    # well under a second on any real link), and the whole request once it holds a slot
+    # (the wait for the result plus room for the create and the delete).
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
+    request_slack_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -61,6 +71,40 @@ class GatewayConfig:
             raise ConfigError("--namespace is empty")
         if self.busy_status not in (200, 429):
             raise ConfigError("--busy-status must be 429 or 200")
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ConfigError("--header-timeout and --body-timeout must be positive")
+
+    @property
+    def authenticated(self) -> bool:
+        return self.token is not None or self.token_file is not None
+
+    @property
+    def request_timeout(self) -> float:
+        return self.wait_timeout + self.request_slack_seconds
+
+    def refusal(self) -> str | None:
+        """Why this configuration must not serve, if it must not: secure by default."""
+        if not self.authenticated and not self.insecure_local_only:
+            return (
+                "refusing to start without a token: anyone who can reach the gateway could run "
+                f"code. Set --token-file (a mounted Secret) or {ENV_PREFIX}TOKEN; or, on a "
+                "developer machine only, pass --insecure-local-only to serve without one on "
+                "127.0.0.1"
+            )
+        if self.insecure_local_only and not _loopback(self.host):
+            return f"--insecure-local-only serves on the loopback interface only, not {self.host!r}"
+        return None
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"where CodeExecutions are created ({env}NAMESPACE, default 'default')",
     )
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument(
+        "--host", default=None, help="address to listen on (0.0.0.0; 127.0.0.1 when local-only)"
+    )
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument(
         "--max-concurrency",
@@ -82,7 +128,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-file",
         type=Path,
         default=None,
-        help=f"require this bearer token on POST /run (or {env}TOKEN); off when neither is set",
+        help=(
+            f"the token POST /run requires (or {env}TOKEN), sent as `Authorization: Bearer` "
+            "or `X-Sandbox-Token`; without one the gateway refuses to start"
+        ),
+    )
+    parser.add_argument(
+        "--insecure-local-only",
+        action="store_true",
+        help="serve without a token, on 127.0.0.1 only (a developer's machine; never deployed)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a connection may take to send a complete request line and headers",
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a request body may take"
     )
     parser.add_argument("--max-request-bytes", type=int, default=512 * 1024)
     parser.add_argument(
@@ -133,7 +196,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     token = None if token_file else env.get(f"{ENV_PREFIX}TOKEN") or None
     return GatewayConfig(
         namespace=args.namespace or env.get(f"{ENV_PREFIX}NAMESPACE") or "default",
-        host=args.host,
+        host=args.host or ("127.0.0.1" if args.insecure_local_only else "0.0.0.0"),
         port=args.port,
         max_concurrency=args.max_concurrency,
         token=token,
@@ -147,4 +210,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         ttl_seconds_after_finished=args.ttl_seconds_after_finished,
         keep_failure_stdout=args.keep_failure_stdout,
         busy_status=args.busy_status or int(env.get(f"{ENV_PREFIX}BUSY_STATUS") or 429),
+        insecure_local_only=args.insecure_local_only,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
