@@ -107,7 +107,7 @@ def test_local_only_gateway_listens_on_loopback_only(
 ) -> None:
     host_ip = cluster.get_json("nodes")["items"][0]["status"]["addresses"][0]["address"]
     args = ("--namespace", namespace, "--insecure-local-only")
-    with gateway_process(cluster, tmp_path, *args) as (proc, port, _):
+    with gateway_process(cluster, tmp_path, *args) as (_, port, _log):
         wait_for(lambda: answers(port), timeout=60, what="the local-only gateway")
         assert not answers(port, host_ip)
         status, body = post(port, USAGE, {})
@@ -274,7 +274,7 @@ def test_gateway_is_unreachable_from_a_pod_outside_its_allowed_sources(
                         f"--namespace={home}",
                         "--port=8090",
                         "--token-file=/var/run/secrets/gw/token",
-                    ],  # fmt: skip
+                    ],
                     "env": [{"name": "USER", "value": "codeexec"}],
                     "volumeMounts": [{"name": "gw", "mountPath": "/var/run/secrets/gw"}],
                 }
