@@ -303,3 +303,6 @@ def test_gateway_is_unreachable_from_a_pod_outside_its_allowed_sources(
     # The policy controller applies it asynchronously.
     wait_for(lambda: not reaches(stranger, "stranger"), timeout=90, what="stranger cut off")
     assert reaches(caller, "caller")
+    # The node itself (the kubelet's probes, the API server's service proxy) still gets in:
+    # docs/gateway.md and the chart's own install test rely on it.
+    assert answers(8090, gateway_ip)
