@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from codeexec import podspec
+from codeexec import backoff, podspec
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.kube.client import ENDPOINT_SLICES, NETWORK_POLICIES, NODES, ApiError, Kube
 
@@ -98,16 +98,19 @@ class EgressPolicies:
 
     async def run(self, pools: Callable[[], Mapping[str, SandboxPoolSpec]]) -> None:
         """Keeps the policies in step with the cluster's addresses and the served pools."""
+        failures = 0
         while True:
             try:
                 if await self.refresh():
                     self.applied.clear()
                 await self.sync(pools())
-                delay = REFRESH_SECONDS
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the policies must outlive any hiccup of the API server
-                log.warning("egress policies: %r", err)
+                failures += 1
+                log.warning("egress policies (%d): %r", failures, err)
                 self.applied.clear()
-                delay = 5.0
-            await asyncio.sleep(delay)
+                await backoff.sleep(failures, base=1.0, cap=30.0)
+                continue
+            await asyncio.sleep(REFRESH_SECONDS)
