@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e.fixtures import REPO_ROOT, Cluster, wait_for
+from e2e.fixtures import REPO_ROOT, Cluster, pinned_versions, wait_for
 
 from .conftest import PYTHON_IMAGE, OperatorProcess
 
@@ -172,6 +172,7 @@ def chart_gateway_policy(namespace: str, allowed_ns: str) -> dict[str, Any]:
     rendered = subprocess.run(
         [
             helm, "template", "hostile", str(CHART), "-n", namespace,
+            "--kube-version", pinned_versions()["K8S_VERSION"],
             "--show-only", "templates/gateway.yaml",
             "--set", "gateway.enabled=true", "--set", "gateway.tokenSecret=gw",
             "--set", "gateway.networkPolicy.from[0].namespaceSelector.matchLabels"

@@ -97,9 +97,14 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
         undo.append(("ip", "rule", "del", *rule, "priority", ROUTE_TABLE))
         # The test bed drops forwarded pod traffic that leaves the pod bridge (docs/testbed.md);
         # let this one veth through, on to the rest of FORWARD (the policy controller's chains).
-        for spec in forward_rules:
-            sh("iptables", "-I", "CODEEXEC-FORWARD", "1", *spec)
-            undo.append(("iptables", "-D", "CODEEXEC-FORWARD", *spec))
+        # Only where that guard is in place: RETURN anywhere else would skip those chains.
+        if (
+            sh("iptables", "-w", "-C", "FORWARD", "-j", "CODEEXEC-FORWARD", check=False).returncode
+            == 0
+        ):
+            for spec in forward_rules:
+                sh("iptables", "-w", "-I", "CODEEXEC-FORWARD", "1", *spec)
+                undo.append(("iptables", "-w", "-D", "CODEEXEC-FORWARD", *spec))
         sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.forwarding=1")
         if sh("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() != "1":
             pytest.fail("IP forwarding is off: is the local cluster up?")
