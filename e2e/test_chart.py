@@ -141,8 +141,8 @@ def test_values_schema_rejects_mistakes(helm_bin: Path, pair: str, complaint: st
 
 def test_gateway_without_a_token_secret_does_not_render(helm_bin: Path) -> None:
     """caught: the chart rendered an open gateway before (no token unless one was named)."""
-    proc = run_helm(helm_bin, "template", RELEASE, str(CHART), "--set", "gateway.enabled=true",
-                    check=False)  # fmt: skip
+    proc = run_helm(helm_bin, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION,
+                    "--set", "gateway.enabled=true", check=False)  # fmt: skip
     assert proc.returncode != 0 and "gateway.tokenSecret is required" in proc.stderr
 
 
