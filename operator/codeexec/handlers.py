@@ -50,16 +50,27 @@ class State:
 STATE = State()
 # Set to stop Kopf (passed to kopf.operator as its stop flag) once the watchdog saw a death.
 STOP = asyncio.Event()
-# A stop that does not finish by then (a wedged loop) ends the process anyway.
+# A stop that does not finish by then ends the process anyway: after its watcher failed, Kopf
+# 1.45 was seen to run the cleanup and then hang in its own shutdown (an assertion in a stream
+# callback), leaving a process up, deaf and no longer serving /healthz.
 HARD_EXIT_SECONDS = 30.0
 EXIT_WATCHDOG = 3
+_exit_timer: list[threading.Timer] = []
+
+
+def _exit_later() -> None:
+    """Whatever stops the operator, the process is gone HARD_EXIT_SECONDS later."""
+    if _exit_timer:
+        return
+    timer = threading.Timer(HARD_EXIT_SECONDS, lambda: os._exit(EXIT_WATCHDOG if died() else 0))
+    timer.daemon = True
+    timer.start()
+    _exit_timer.append(timer)
 
 
 def _stop(why: str) -> None:
     STOP.set()
-    timer = threading.Timer(HARD_EXIT_SECONDS, os._exit, (EXIT_WATCHDOG,))
-    timer.daemon = True
-    timer.start()
+    _exit_later()
 
 
 def died() -> str | None:
@@ -106,6 +117,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = Kube(config.load(), component="operator", observe=metrics.api_request)
     STATE.tasks = []
     dog = watchdog.Watchdog(lambda: STATE.tasks, _stop)
+    dog.listen_to_kopf()
     STATE.watchdog = dog
     # Serve /healthz and /readyz from the start.
     ready, standing_by = asyncio.Event(), asyncio.Event()
@@ -188,6 +200,13 @@ async def ensure_network_policies(kube: Kube, namespace: str) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    # Kopf also comes here when its own orchestrator failed (a dead watcher): that is a death,
+    # and this stop must end the process even if Kopf's shutdown then hangs.
+    if STATE.watchdog is not None:
+        problem = STATE.watchdog.check()
+        if problem is not None:
+            STATE.watchdog.trip(problem)
+    _exit_later()
     if STATE.watchdog_task is not None:
         STATE.watchdog_task.cancel()
     await STATE.executions.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,13 @@ KOPF_ORCHESTRATOR = "multidimensional multitasker"
 OUR_RESOURCES = ("codeexecutions.", "sandboxpools.")
 # How often tasks are looked at; a dead watcher is noticed within this.
 PERIOD_SECONDS = 2.0
+# Kopf's guard logs a failed task as "<Name> has failed: <error>" (kopf/_cogs/aiokits/
+# aiotasks.py) the moment it fails: heard through logging, a death cannot slip between two
+# looks at the task list (a watcher that fails on its first list, then the orchestrator).
+KOPF_LOGGER = "kopf._core.reactor"
+_KOPF_FAILURE = re.compile(
+    r"^(Watcher for (codeexecutions|sandboxpools)\.|Multidimensional multitasker).* has failed"
+)
 
 
 class Watchdog:
@@ -67,6 +75,12 @@ class Watchdog:
                 return f"background task {task.get_name()} ended: {_failure(task)}"
         return None
 
+    def listen_to_kopf(self) -> logging.Handler:
+        """Trips on Kopf's own report of a failed watcher or orchestrator."""
+        handler = _KopfFailures(self)
+        logging.getLogger(KOPF_LOGGER).addHandler(handler)
+        return handler
+
     def trip(self, why: str) -> None:
         if self.death is None:
             self.death = why
@@ -80,6 +94,17 @@ class Watchdog:
                 self.trip(problem)
                 return
             await asyncio.sleep(self._period)
+
+
+class _KopfFailures(logging.Handler):
+    def __init__(self, dog: Watchdog) -> None:
+        super().__init__(logging.ERROR)
+        self.dog = dog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _KOPF_FAILURE.match(message):
+            self.dog.trip(f"Kopf reported: {message[:500]}")
 
 
 def _failure(task: asyncio.Task[object]) -> str:

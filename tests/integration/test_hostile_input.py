@@ -216,12 +216,9 @@ async def test_a_dead_watcher_stops_the_operator_and_a_fresh_one_serves(
     RecursionError a deep object used to): the process must not stay up deaf. It ends on its
     own, non-zero, and a fresh process serves the execution that killed its predecessor.
 
-    A guard, not a reproduction: on Kopf 1.45 the failed watcher takes Kopf's orchestrator and
-    then the process down by itself (measured: exit 1). The watchdog covers a watcher or loop
-    that dies without that (tests/unit/test_watchdog.py, shown failing with its check removed);
-    this test fails (wait_dead times out) if a Kopf upgrade, or a change of ours, leaves the
-    process up after its watcher died. Not shown failing by removing a line of ours: on
-    Kopf 1.45 none is needed for this exit.
+    caught: on main before the cleanup's hard exit and the watchdog's hearing of Kopf's own
+    failure report (a8df232), the watcher died, Kopf ran the cleanup (which stopped /healthz)
+    and hung in its shutdown: the process stayed up and deaf, wait_dead timed out at 120 s.
     """
     operator.restart(failpoints="watcher-fails")
     try:

@@ -105,3 +105,31 @@ def test_kopfs_task_names_are_the_ones_the_watchdog_follows() -> None:
         orchestration.spawn_missing_watchers
     )
     assert f'name="{KOPF_ORCHESTRATOR}"' in inspect.getsource(running.spawn_tasks)
+
+
+async def test_kopfs_own_failure_report_trips_it_at_once() -> None:
+    """A watcher that fails before the first look at the task list (and the orchestrator it
+    takes down) is still a death: Kopf's guard reports it through logging.
+
+    caught: on the cluster, without this, a watcher failing right after start was missed,
+    Kopf ran the cleanup and hung in its shutdown: the process stayed up, deaf
+    (tests/integration/test_hostile_input.py::test_a_dead_watcher_stops_the_operator_...).
+    """
+    import logging
+
+    deaths: list[str] = []
+    dog = Watchdog(lambda: [], deaths.append)
+    handler = dog.listen_to_kopf()
+    go = asyncio.Event()
+    go.set()
+    try:
+        watcher = aiotasks.create_guarded_task(
+            _explodes(go),
+            name=WATCHER,
+            cancellable=True,
+            logger=logging.getLogger("kopf._core.reactor.orchestration"),
+        )
+        await asyncio.wait([watcher])
+        assert deaths and "has failed" in deaths[0] and not dog.alive
+    finally:
+        logging.getLogger("kopf._core.reactor").removeHandler(handler)
