@@ -11,6 +11,11 @@ Three rules (client-go's, plus a fence):
   overdue (a paused or partitioned leader wakes up deposed and acts no more), and returns the
   term (`identity#leaseTransitions`) the claim writes onto the pod.
 A leader that loses the lease calls `on_lost` (the operator exits and restarts as a standby).
+
+What the API server itself can fence: a pod patch cannot be conditioned on a Lease, only on the
+pod's own resourceVersion. So a claim sent just before the deadline may still land after a
+successor leads; it then wins at most a pod nobody else holds, its sender's fence refuses to
+send into it, and the successor resumes it or the sweep frees it: the code still runs once.
 """
 
 from __future__ import annotations
