@@ -138,6 +138,10 @@ async def _deliver(
         unsent = fresh and not exchange.sent
         if unsent and (view is None or not view.live):
             raise NeverSent(f"pod {pod} ended or was deleted before the request was sent")
+        if view is not None and view.deleting and not exchange.sent:
+            # A resumed claim on a pod being deleted: never start the code in a dying pod. Its
+            # final record tells whether an earlier process had sent the request.
+            return None
         session, confirm = held, held is not None
         held = None
         if session is None:

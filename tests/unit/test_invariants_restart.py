@@ -100,3 +100,44 @@ def test_a_pod_deleted_before_the_send_is_proven_unused_and_the_code_runs_elsewh
         await vtime.until(lambda: w.api.read("pods", SANDBOX, pod) is None, what="pod gone")
 
     vtime.run(scenario)
+
+
+def test_a_resumed_claim_never_starts_the_code_in_a_pod_being_deleted() -> None:
+    """As above, but the successor starts while the deleted pod's container still runs (a
+    long grace period): it must not send the request into the dying pod, but wait for its
+    final record and run the code on another pod.
+
+    Catches a resume that re-sends into a Terminating pod (the code then starts only to be
+    killed: a SandboxError where a clean run was possible). Caught: removing the
+    `view.deleting and not exchange.sent` return from deliver._deliver made the code start in
+    the dying pod, and this test fail.
+    """
+
+    async def scenario() -> None:
+        w = World(pool_size=2, stop_after=20.0)
+        a = Replica(w.api, "op-a")
+        await a.start()
+        await vtime.until(lambda: w.warm_ready() == 2)
+
+        async def never_answer(call: Call) -> None:
+            labels = ((call.body or {}).get("metadata") or {}).get("labels") or {}
+            if call.client == "op-a" and labels.get(podspec.STATE_LABEL) == podspec.CLAIMED:
+                await asyncio.Event().wait()
+
+        w.api.after_faults.append(never_answer)
+        ex = w.submit(8)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await vtime.until(lambda: bool(_claimed(w, uid)), what="the claim landed")
+        (pod,) = _claimed(w, uid)
+        await a.crash()
+        w.api.delete("pods", SANDBOX, pod, {"gracePeriodSeconds": 30})
+        b = Replica(w.api, "op-b")
+        await b.start()
+        await w.wait_finished(name)
+        done = w.execution(name)
+        assert done is not None
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+        starts = w.kubelet.started_for(uid)
+        assert len(starts) == 1 and starts[0].pod != pod, starts
+
+    vtime.run(scenario)
