@@ -28,6 +28,7 @@ from bench.evidence import PROGRAMS, ExecutionTrack, ExecutionTracker, PodRecord
 from bench.operator import Operator
 from codeexec.client import Client
 from codeexec.kube.client import CODE_EXECUTIONS, PODS, ApiError, Kube
+from codeexec.podspec import CLAIM_FINALIZER
 
 log = logging.getLogger("bench.chaos")
 
@@ -378,10 +379,18 @@ class Scenario:
         while True:
             listing = await self.kube.list(PODS, SANDBOX_NS)
             items = [p for p in listing["items"] if not p["metadata"].get("deletionTimestamp")]
+            # A pod being deleted but held by the claim finalizer stays until the operator lets
+            # go: still a leak if it never does.
+            held = [
+                p
+                for p in listing["items"]
+                if p["metadata"].get("deletionTimestamp")
+                and CLAIM_FINALIZER in (p["metadata"].get("finalizers") or [])
+            ]
             by_uid = {t.uid: t for t in self.tracks if t.uid}
             leaked = [
                 self.describe_leak(p, by_uid[(p["metadata"].get("labels") or {})[CLAIMED_BY]])
-                for p in items
+                for p in items + held
                 if (p["metadata"].get("labels") or {}).get(CLAIMED_BY) in ours
             ]
             unclaimed = [

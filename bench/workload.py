@@ -27,7 +27,7 @@ from codeexec.kube.client import (
     ApiError,
     Kube,
 )
-from codeexec.podspec import sandbox_pod
+from codeexec.podspec import CLAIM_FINALIZER, sandbox_pod
 
 log = logging.getLogger("bench")
 
@@ -141,7 +141,12 @@ async def cleanup(kube: Kube, namespaces: list[str] | None = None) -> None:
             if ns_obj.get("metadata", {}).get("labels", {}).get(BENCH_LABEL) != "true":
                 continue
             for pod in (await kube.list(PODS, ns)).get("items", []):
-                await kube.delete(PODS, pod["metadata"]["name"], ns, grace_period=0)
+                name = pod["metadata"]["name"]
+                if CLAIM_FINALIZER in (pod["metadata"].get("finalizers") or []):
+                    # The operator is gone: nobody else would let the pod (and the namespace) go.
+                    with contextlib.suppress(ApiError):
+                        await kube.patch(PODS, name, {"metadata": {"finalizers": None}}, ns)
+                await kube.delete(PODS, name, ns, grace_period=0)
             await kube.delete(NAMESPACES, ns)
 
 
