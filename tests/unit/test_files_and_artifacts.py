@@ -124,3 +124,42 @@ def test_a_failure_says_more_than_an_artifact_limit() -> None:
     limit = {"kind": "count", "skipped": ["x"], "skippedCount": 1}
     outcome = classify(Evidence(report=_report(artifactLimit=limit, timedOut=True)))
     assert outcome.reason is Reason.WALL_TIMEOUT
+
+
+class _Store:
+    kind = "fake"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.put_names: list[str] = []
+
+    async def put(self, owner: object, records: list[object]) -> list[object]:
+        if self.fail:
+            raise OSError("store down")
+        self.put_names = [r.name for r in records]  # type: ignore[attr-defined]
+        return ["stored"] * len(records)
+
+
+async def test_a_failing_store_costs_the_artifacts_never_the_outcome() -> None:
+    from codeexec.artifacts import Owner
+    from codeexec.artifacts.stores import keep
+    from codeexec.outcomes import Outcome
+
+    reader = ReportReader("r" * 32)
+    reader.feed(_record("r" * 32, "a.png", b"1") + _record("r" * 32, "b.png", b"2"))
+    listing = [
+        {"name": n, "size": 1, "sha256": hashlib.sha256(d).hexdigest()}
+        for n, d in (("a.png", b"1"), ("b.png", b"2"), ("lost.png", b"3"))
+    ]
+    report = _report(artifacts=listing)
+    owner = Owner("ns", "cx", "uid")
+    ok = Outcome(Reason.SUCCEEDED, "main returned")
+    store = _Store()
+    outcome, stored = await keep(store, owner, ok, report, tuple(reader.artifacts))  # type: ignore[arg-type]
+    assert store.put_names == ["a.png", "b.png"] and len(stored) == 2
+    assert (
+        outcome.reason is Reason.SUCCEEDED and "1 artifacts did not arrive whole" in outcome.message
+    )
+    outcome, stored = await keep(_Store(fail=True), owner, ok, report, tuple(reader.artifacts))  # type: ignore[arg-type]
+    assert stored == [] and outcome.reason is Reason.SUCCEEDED
+    assert "could not be stored (store down)" in outcome.message
