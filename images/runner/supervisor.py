@@ -650,9 +650,11 @@ class Supervisor:
             elif fd == 0:
                 self._read_stdin(ev)
         self._poll_exit()
-        self._reap_orphans()
         if self.watch is not None:
+            # Before reaping: a fork bomb's exited members stay counted as zombies until then,
+            # so the count reads at its limit for as long as the bomb pushes against it.
             self.watch.sample()
+        self._reap_orphans()
 
     def _reap_orphans(self) -> None:
         # Orphaned descendants are re-parented to us (as init, or as subreaper); reaping them as

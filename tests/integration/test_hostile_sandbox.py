@@ -231,7 +231,7 @@ async def test_a_claimed_pod_is_stopped_before_its_object_disappears(
     word on the pod (the DELETED event) must show the container terminated. caught: with
     gracePeriodSeconds 0 (main) the DELETED object still showed it running."""
     created = await cx.submit(
-        "import time\ndef main():\n    time.sleep(600)\n", language="python", timeout_seconds=600
+        "import time\ndef main():\n    time.sleep(600)\n", language="python", timeout_seconds=240
     )
 
     def running_pod() -> str | None:
