@@ -280,3 +280,25 @@ def test_dropped_and_expired_watches_never_lose_or_repeat_an_execution() -> None
             assert len(w.kubelet.started_for(ex["metadata"]["uid"])) == 1
 
     vtime.run(scenario)
+
+
+def test_a_background_loop_that_crashes_is_restarted() -> None:
+    """Any exception (here a plain RuntimeError) ends one run of a supervised loop, never the
+    loop: it is logged and started again.
+
+    Caught: narrowing supervise's `except Exception` to `except ConnectionError` made this fail.
+    """
+    from codeexec.supervise import supervise
+
+    runs: list[int] = []
+
+    async def loop() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+
+    async def scenario() -> None:
+        await supervise("test-loop", loop)
+
+    vtime.run(scenario)
+    assert runs == [0, 1, 2]
