@@ -270,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--drained", type=float, default=10, help="seconds the node stays cordoned")
     p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=90,
+        help="kubectl drain --timeout (the operator's grace is 30 s; sandbox pods have none)",
+    )
+    p.add_argument(
         "--operator-tag",
         default=os.environ.get("IMAGE_TAG", "dev"),
         help="the operator image's tag for the chart (node-drain)",
@@ -277,7 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-timeout", type=float, default=300, help="per execution, seconds")
     p.add_argument("--seed", type=int, default=5)
     add_common_args(p)
-    smoke_defaults(p, argv, n=10, fault_n=12, apiserver_down=20, partition=15, drained=5)
+    smoke_defaults(
+        p, argv, n=10, fault_n=12, apiserver_down=20, partition=15, drained=5, drain_timeout=60
+    )
     return p.parse_args(argv)
 
 
