@@ -128,9 +128,9 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         "scenarios": {},
     }
     if args.keep:
-        # Scenarios of earlier runs (the full set run in pieces) stay, each with its own time.
-        earlier = load_results(args.smoke).get("chaos", {}).get("scenarios", {})
-        result["scenarios"] = {k: v for k, v in earlier.items() if k not in names}
+        # Scenarios of earlier runs (the full set run in pieces) stay, each with its own time,
+        # until this run replaces them (a run stopped half-way loses nothing).
+        result["scenarios"] = dict(load_results(args.smoke).get("chaos", {}).get("scenarios", {}))
     cgroup = operator_cgroup()
     op = Operator(
         sandbox_namespace=SANDBOX_NS,
