@@ -88,9 +88,13 @@ def run_helm(
     return proc
 
 
-def render(helm_bin: Path, *sets: str, namespace: str = RELEASE_NS) -> list[dict[str, Any]]:
-    """`helm template` with `--set` pairs, parsed."""
+def render(
+    helm_bin: Path, *sets: str, namespace: str = RELEASE_NS, tests: bool = True
+) -> list[dict[str, Any]]:
+    """`helm template` with `--set` pairs, parsed (`tests`: with the `helm test` hooks)."""
     args = ["template", RELEASE, str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
+    if not tests:
+        args.append("--skip-tests")
     for pair in sets:
         args += ["--set", pair]
     out = run_helm(helm_bin, *args).stdout
@@ -513,6 +517,9 @@ def test_rendered_manifests_pass_server_side_validation(release: Release) -> Non
             "pools.nodejs.name=dryrun-nodejs",
             *sets,
             namespace=release.tenant_ns,
+            # The test pod names a ServiceAccount that a dry run does not create; `helm test`
+            # (test_helm_test_runs_an_execution) creates the hooks for real.
+            tests=False,
         )
         manifest = yaml.safe_dump_all(docs)
         proc = release.cluster.kubectl(
@@ -1012,3 +1019,20 @@ def test_uninstall_removes_everything_but_the_crds(release: Release) -> None:
     assert labelled.strip() == ""
     for crd in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
         assert not gone(release.cluster, "crd", crd), f"{crd} must survive helm uninstall"
+
+
+def test_helm_test_hooks_render_in_the_served_namespace(helm_bin: Path) -> None:
+    docs = render(helm_bin, "operator.watchNamespaces={team-a,team-b}")
+    hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    kinds = {d["kind"]: d for d in hooks}
+    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Pod"}
+    assert kinds["Role"]["metadata"]["namespace"] == "team-a"
+    assert kinds["Role"]["rules"] == [
+        {"apiGroups": ["codeexec.io"], "resources": ["codeexecutions"],
+         "verbs": ["create", "get", "list", "watch", "delete"]}
+    ]  # fmt: skip
+    container = kinds["Pod"]["spec"]["containers"][0]
+    assert container["command"][-1] == "team-a"
+    assert container["image"] == f"codeexec.local/operator:{APP_VERSION}"
+    off = render(helm_bin, "tests.enabled=false")
+    assert not [d for d in off if d["metadata"].get("annotations", {}).get("helm.sh/hook")]
