@@ -58,7 +58,15 @@ class Kernel:
         return _read(os.path.join(self.cgroup_root, v1_controller, v1_name or v2_name))
 
     def tasks(self) -> int | None:
-        return _int(self._cg("pids.current", "pids"))
+        counted = _int(self._cg("pids.current", "pids"))
+        if counted is None and os.getpid() == 1:
+            # No readable pids controller: as PID 1 of the pod's PID namespace, /proc lists
+            # exactly the container's processes (zombies included; threads not).
+            try:
+                counted = sum(name.isdigit() for name in os.listdir("/proc"))
+            except OSError:
+                return None
+        return counted
 
     def tasks_peak(self) -> int | None:
         return _int(self._cg("pids.peak", "pids"))

@@ -191,8 +191,9 @@ ONE_TARGET = {
 @pytest.mark.parametrize("target", list(ONE_TARGET))
 async def test_each_way_to_the_disk_ends_at_a_limit(cx: Client, target: str) -> None:
     """Each target alone: a resource limit the kernel or supervisor enforced, or (the
-    termination log) no access at all. caught: on main the termination-log cases Succeeded or
-    ended UserException, and scratch/dev-shm ended UserException (ENOSPC, no evidence read)."""
+    termination log) no access at all. caught: on main the termination-log cases Succeeded (the
+    10 GiB posix_fallocate went through) or ended UserException, and scratch/dev-shm ended
+    UserException (ENOSPC, no evidence read); the stdout case held on main already."""
     language, code, reason = ONE_TARGET[target]
     done = await cx.run(
         code, language=language, timeout_seconds=60, max_output_bytes=MiB, wait_timeout=300
@@ -215,7 +216,8 @@ def tmpfs_pool(operator: OperatorProcess, cluster: Cluster) -> Iterator[str]:
 
 async def test_scratch_counts_against_the_memory_limit(cx: Client, tmpfs_pool: str) -> None:
     """Writing a 1 GiB-limited memory-backed /tmp in a 128 MiB pod is stopped by the memory
-    cgroup: the pages are the pod's memory, not the node's."""
+    cgroup: the pages are the pod's memory, not the node's. (A check of the premise the
+    scratch rows rest on; it held on main as well, so it is not a regression test.)"""
     code = (
         "def main():\n    with open('/tmp/fill', 'wb') as f:\n"
         "        for _ in range(1024):\n            f.write(b'x' * (1 << 20))\n"
