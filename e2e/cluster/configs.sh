@@ -93,9 +93,9 @@ root = "$CLUSTER/containerd/runsc"
 [runsc_config]
   # systrap: ptrace works too (1.5-2x slower); kvm needs nested virtualisation.
   platform = "systrap"
-  # Apply the pod's seccomp profile (RuntimeDefault) inside the sandbox too: without it
-  # runsc ignores the profile, and a forbidden call would not fail as it does under runc.
-  oci-seccomp = "true"
+  # No oci-seccomp: with it, runsc's translation of containerd's RuntimeDefault profile made
+  # every thread creation of Node.js fail (uv_thread_create, abort at start). The Sentry is
+  # the boundary, and the supervisor's own seccomp filter still applies inside (confine.py).
 EOF
 }
 
