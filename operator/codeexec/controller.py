@@ -106,8 +106,28 @@ class Executions:
         metrics.IN_FLIGHT.inc()
         attempt = refusals = 0
         last: Exception | None = None
+        stale = False
         try:
             while True:
+                if stale:
+                    # After a failure the road runs only on a fresh read: its last write may
+                    # have landed with the answer lost (an API server going down), and running
+                    # on the old view would send, collect and write the terminal status again.
+                    try:
+                        body = await self._reload(body)
+                    except _Gone:
+                        self._release(uid)
+                        return
+                    except Exception as err:  # the API server is still away: try again later
+                        attempt += 1
+                        log.debug("execution %s: reload failed: %r", uid, err)
+                        await backoff.sleep(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
+                        continue
+                    stale = False
+                    if is_terminal(body):  # its end landed (answer lost): free its pod now
+                        self._remember(uid)
+                        self._release(uid)
+                        return
                 # Cancelled (deleted resource, operator shutdown): the claimed pod stays as it
                 # is; a deletion releases it, a successor resumes it.
                 try:
@@ -126,15 +146,7 @@ class Executions:
                     last = err
                     log.warning("execution %s: attempt %d failed: %r", uid, attempt, err)
                 await backoff.sleep(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
-                try:
-                    body = await self._reload(body) or body
-                except _Gone:
-                    self._release(uid)
-                    return
-                except Exception as err:  # the API server is still away: try again later
-                    log.debug("execution %s: reload failed: %r", uid, err)
-                if is_terminal(body):
-                    return
+                stale = True
         finally:
             metrics.IN_FLIGHT.dec()
             self.tasks.pop(uid, None)
@@ -170,14 +182,15 @@ class Executions:
         except Exception as err:  # a store that is down leaves objects, never the operator
             log.warning("artifacts of %s not deleted: %r", body["metadata"].get("name"), err)
 
-    async def _reload(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    async def _reload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The execution as the API server has it now; any failure to read it raises."""
         meta = body["metadata"]
         try:
             return await self.rt.kube.get(CODE_EXECUTIONS, meta["name"], meta["namespace"])
         except ApiError as err:
             if err.not_found:
                 raise _Gone() from err
-            return None
+            raise
 
     def _release(self, uid: str) -> None:
         """Nobody will read this execution's result: free the pods claimed for it."""

@@ -302,3 +302,43 @@ def test_a_background_loop_that_crashes_is_restarted() -> None:
 
     vtime.run(scenario)
     assert runs == [0, 1, 2]
+
+
+def test_a_terminal_status_whose_answer_was_lost_is_never_written_again() -> None:
+    """The terminal write lands but its answer is lost (an API server going down), and the
+    reads that follow fail for a while: the road must not run again on its stale view of the
+    execution, which would send, collect and write the terminal status a second time; the pod
+    is still deleted.
+
+    Found by the API-server-stop chaos scenario (3 terminal rewrites in 60 executions).
+    Caught: with Executions._drive running the road when its reload had failed (the code before
+    this test), the terminal status was written twice and this test failed.
+    """
+
+    def terminal(c: Call) -> bool:
+        if not _status_write(c) or c.verb != "patch":
+            return False
+        value = c.body[0].get("value") if isinstance(c.body, list) else (c.body or {}).get("status")
+        return (value or {}).get("phase") in ("Succeeded", "Failed")
+
+    def read(c: Call) -> bool:
+        return c.plural == "codeexecutions" and c.verb == "get"
+
+    async def scenario() -> None:
+        w = World(pool_size=2)
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 2)
+        w.api.lose_answer(terminal, times=1)
+        w.api.fail(read, status(503, "ServiceUnavailable", "shutting down"), times=4)
+        ex = w.submit(7)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await w.wait_finished(name)
+        await vtime.until(lambda: not w.claimed_live(uid), what="the pod deleted")
+        await vtime.settle(120.0)
+        writes = [c for c in w.api.calls if terminal(c)]
+        assert len(writes) == 1, f"{len(writes)} terminal writes"
+        done = w.execution(name)
+        assert done is not None and done["status"]["result"]["returnValue"] == 7
+
+    vtime.run(scenario)
