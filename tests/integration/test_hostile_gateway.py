@@ -117,7 +117,7 @@ def test_local_only_gateway_listens_on_loopback_only(
 def test_either_token_header_runs_code_and_none_is_refused(
     operator: OperatorProcess, cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    """caught: main accepted only `Authorization: Bearer`; `X-Sandbox-Token` got 401."""
+    """Both headers RAGFlow sends run code; no header, or a wrong one, is refused."""
     token = secrets.token_hex(16)
     token_file = tmp_path / "token"
     token_file.write_text(token)
