@@ -19,7 +19,7 @@ from typing import Any
 SCRATCH_FULL_FRACTION = 0.01
 
 
-def _read(path: str) -> str | None:
+def read_small(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read(65536)
@@ -27,7 +27,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _int(text: str | None) -> int | None:
+def int_or_none(text: str | None) -> int | None:
     if text is None:
         return None
     try:
@@ -36,11 +36,11 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def _keyed(text: str | None, key: str) -> int | None:
+def keyed_counter(text: str | None, key: str) -> int | None:
     for line in (text or "").splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == key:
-            return _int(parts[1])
+            return int_or_none(parts[1])
     return None
 
 
@@ -54,11 +54,11 @@ class Kernel:
     def _cg(self, v2_name: str, v1_controller: str, v1_name: str | None = None) -> str | None:
         v2 = os.path.join(self.cgroup_root, v2_name)
         if os.path.exists(v2):
-            return _read(v2)
-        return _read(os.path.join(self.cgroup_root, v1_controller, v1_name or v2_name))
+            return read_small(v2)
+        return read_small(os.path.join(self.cgroup_root, v1_controller, v1_name or v2_name))
 
     def tasks(self) -> int | None:
-        counted = _int(self._cg("pids.current", "pids"))
+        counted = int_or_none(self._cg("pids.current", "pids"))
         if counted is None and os.getpid() == 1:
             # No readable pids controller: as PID 1 of the pod's PID namespace, /proc lists
             # exactly the container's processes (zombies included; threads not).
@@ -69,28 +69,28 @@ class Kernel:
         return counted
 
     def tasks_peak(self) -> int | None:
-        return _int(self._cg("pids.peak", "pids"))
+        return int_or_none(self._cg("pids.peak", "pids"))
 
     def memory_limit_hits(self) -> int | None:
         """How often usage hit the limit (v2 memory.events `max`, v1 memory.failcnt)."""
-        v2 = _read(os.path.join(self.cgroup_root, "memory.events"))
+        v2 = read_small(os.path.join(self.cgroup_root, "memory.events"))
         if v2 is not None:
-            return _keyed(v2, "max")
-        return _int(_read(os.path.join(self.cgroup_root, "memory", "memory.failcnt")))
+            return keyed_counter(v2, "max")
+        return int_or_none(read_small(os.path.join(self.cgroup_root, "memory", "memory.failcnt")))
 
     def ip_sends(self) -> int | None:
         """IP packets this network namespace sent or failed to route (v4 and v6)."""
         total, seen = 0, False
-        lines = (_read(os.path.join(self.proc_net, "snmp")) or "").splitlines()
+        lines = (read_small(os.path.join(self.proc_net, "snmp")) or "").splitlines()
         for names, values in itertools.pairwise(lines):
             if names.startswith("Ip: ") and values.startswith("Ip: ") and not names[4].isdigit():
                 row = dict(zip(names.split()[1:], values.split()[1:], strict=False))
                 for key in ("OutRequests", "OutNoRoutes"):
-                    if _int(row.get(key)) is not None:
+                    if int_or_none(row.get(key)) is not None:
                         total, seen = total + int(row[key]), True
-        v6 = _read(os.path.join(self.proc_net, "snmp6"))
+        v6 = read_small(os.path.join(self.proc_net, "snmp6"))
         for key in ("Ip6OutRequests", "Ip6OutNoRoutes"):
-            value = _keyed(v6, key)
+            value = keyed_counter(v6, key)
             if value is not None:
                 total, seen = total + value, True
         return total if seen else None

@@ -146,31 +146,6 @@ def _read_ready(fd: int) -> bytes | None:
         return b""
 
 
-def _read_small(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read(65536)
-    except OSError:
-        return None
-
-
-def _int_or_none(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
-def _keyed_counter(text: str | None, key: str) -> int | None:
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key:
-            return _int_or_none(parts[1])
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # cgroup (v2 unified or v1 memory controller); everything optional
 
@@ -184,23 +159,23 @@ class CgroupMemory:
 
     def oom_kills(self) -> int | None:
         if self._v2():
-            text = _read_small(os.path.join(self.root, "memory.events"))
+            text = evidence.read_small(os.path.join(self.root, "memory.events"))
         else:
-            text = _read_small(os.path.join(self.root, "memory", "memory.oom_control"))
-        return _keyed_counter(text, "oom_kill")
+            text = evidence.read_small(os.path.join(self.root, "memory", "memory.oom_control"))
+        return evidence.keyed_counter(text, "oom_kill")
 
     def peak_bytes(self) -> int | None:
         if self._v2():
-            return _int_or_none(_read_small(os.path.join(self.root, "memory.peak")))
+            return evidence.int_or_none(evidence.read_small(os.path.join(self.root, "memory.peak")))
         path = os.path.join(self.root, "memory", "memory.max_usage_in_bytes")
-        return _int_or_none(_read_small(path))
+        return evidence.int_or_none(evidence.read_small(path))
 
     def limit_bytes(self) -> int | None:
         if self._v2():
-            value = _int_or_none(_read_small(os.path.join(self.root, "memory.max")))
+            value = evidence.int_or_none(evidence.read_small(os.path.join(self.root, "memory.max")))
         else:
             path = os.path.join(self.root, "memory", "memory.limit_in_bytes")
-            value = _int_or_none(_read_small(path))
+            value = evidence.int_or_none(evidence.read_small(path))
         # v1 reports "no limit" as a page-rounded LONG_MAX.
         if value is None or value <= 0 or value >= 1 << 60:
             return None
