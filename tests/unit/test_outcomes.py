@@ -139,6 +139,20 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.PROCESS_LIMIT,
     ),
     (
+        # Caught: without the allowance for the pod's pause process (outcomes.py) this was
+        # UserException, as the real fork bomb on the test bed was (peak 15 of 16).
+        "fork EAGAIN with the container one task short: the pause process holds the last",
+        Evidence(
+            report=report(
+                exit_code=1,
+                result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
+                tasks_peak=15,
+                process_limit=16,
+            )
+        ),
+        Reason.PROCESS_LIMIT,
+    ),
+    (
         "node spawn EAGAIN at the process limit",
         Evidence(
             language="nodejs",
@@ -329,6 +343,16 @@ FORGERIES: list[tuple[str, Report, Reason]] = [
             exit_code=1,
             result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
             tasks_peak=3,
+            process_limit=24,
+        ),
+        Reason.USER_EXCEPTION,
+    ),
+    (
+        "EAGAIN two tasks short of the limit",
+        report(
+            exit_code=1,
+            result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
+            tasks_peak=22,
             process_limit=24,
         ),
         Reason.USER_EXCEPTION,
