@@ -442,6 +442,10 @@ CASES = [
 ]
 
 
+# Cases a gVisor sandbox may end at its memory limit rather than the limit the case names.
+GVISOR_MAY_RUN_OUT_OF_MEMORY = frozenset({"py-fork-bomb"})
+
+
 def field_of(doc: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         doc = doc.get(part) if isinstance(doc, dict) else None  # type: ignore[assignment]
@@ -488,11 +492,18 @@ def test_outcome(case: Case, outcomes: dict[str, CodeExecution]) -> None:
     st = done.status
     result = st.result.dump() if st.result else {}
     detail = f"{st.reason}: {st.message}\n{result}"
-    assert st.reason == case.reason, detail
-    assert st.phase == ("Succeeded" if case.reason == "Succeeded" else "Failed")
+    on_gvisor = bool(st.sandbox) and st.sandbox.pool in RUNTIME_POOLS["gvisor"].values()
+    reason, sub = case.reason, case.sub
+    if on_gvisor and case.id in GVISOR_MAY_RUN_OUT_OF_MEMORY and st.reason == "MemoryLimit":
+        # Under gVisor each forked child's copied pages and the sentry's own count against the
+        # pod's memory: a fork bomb may meet the memory limit before the process limit (seen on
+        # the test bed at 256 MiB and 16 processes). Either way a limit held it.
+        reason, sub = "MemoryLimit", ("resourceLimitType", "memory")
+    assert st.reason == reason, detail
+    assert st.phase == ("Succeeded" if reason == "Succeeded" else "Failed")
     assert result["status"] == case.status, detail
-    if case.sub:
-        assert result.get(case.sub[0]) == case.sub[1], detail
+    if sub:
+        assert result.get(sub[0]) == sub[1], detail
     for path, expected in case.check.items():
         assert field_of(result, path) == expected, f"{path}: {detail}"
     # Evidence every run carries.
@@ -500,10 +511,8 @@ def test_outcome(case: Case, outcomes: dict[str, CodeExecution]) -> None:
     assert st.queued_ms is not None
     # A gVisor sandbox killed for its memory takes its runner with it: no report, so no wall
     # time; the kubelet's record (OOMKilled, exit 128) is the evidence there.
-    gvisor_oom = (
-        case.reason == "MemoryLimit" and st.sandbox.pool in RUNTIME_POOLS["gvisor"].values()
-    )
-    if case.reason not in ("SyntaxError",) and not gvisor_oom:
+    gvisor_oom = on_gvisor and reason == "MemoryLimit"
+    if reason not in ("SyntaxError",) and not gvisor_oom:
         assert result.get("wallMs", 0) > 0, detail
 
 
