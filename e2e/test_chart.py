@@ -136,7 +136,14 @@ def test_chart_lints_strictly(helm_bin: Path) -> None:
 )
 def test_values_schema_rejects_mistakes(helm_bin: Path, pair: str, complaint: str) -> None:
     proc = run_helm(
-        helm_bin, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--set", pair,
+        helm_bin,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        pair,
         check=False,
     )
     assert proc.returncode != 0
@@ -208,9 +215,7 @@ def test_default_render_is_a_hardened_single_operator(helm_bin: Path) -> None:
     # The operator makes its own NetworkPolicies; the chart must not fight it over them.
     assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert not [
-        d
-        for d in docs
-        if d["kind"] in ("ServiceMonitor", "RuntimeClass", "PodDisruptionBudget")
+        d for d in docs if d["kind"] in ("ServiceMonitor", "RuntimeClass", "PodDisruptionBudget")
     ]
 
 
@@ -443,10 +448,9 @@ def test_install_runs_the_operator_from_its_image(release: Release) -> None:
     assert ready["Ready"] == "True"  # /readyz: the sandbox pod watch has synced
     # The operator (not the chart) made the sandbox NetworkPolicies at start-up.
     policies = release.cluster.get_json("networkpolicies", "-n", SANDBOX_NS)["items"]
-    assert {p["metadata"]["name"] for p in policies} == {
-        "codeexec-sandbox-deny-all",
-        "codeexec-sandbox-allow-egress",
-    }
+    # The chart's pools have no network: deny-all only, no egress policy of any pool, and never
+    # the old allow-all egress policy (removed at start-up).
+    assert {p["metadata"]["name"] for p in policies} == {"codeexec-sandbox-deny-all"}
     labels = release.cluster.get_json("namespace", SANDBOX_NS)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     # Enforced, not just labelled: the API server turns away a root pod in the sandbox namespace.
@@ -505,7 +509,13 @@ def test_rendered_manifests_pass_server_side_validation(release: Release) -> Non
     # tenant namespace, which exists; ServiceMonitor is left out (its CRD is not installed).
     variants = [
         [],
-        ["replicas=2", "sandbox.runtimeClassName=gvisor", "sandbox.runtimeClass.create=true"],
+        # A class name of its own: the test bed's `gvisor` class exists, and a RuntimeClass's
+        # handler cannot change, so a dry-run apply over it would be refused for that alone.
+        [
+            "replicas=2",
+            "sandbox.runtimeClassName=dryrun-gvisor",
+            "sandbox.runtimeClass.create=true",
+        ],
         [f"operator.watchNamespaces={{{release.tenant_ns}}}", "rbac.tenant.aggregate=false"],
     ]
     for sets in variants:
