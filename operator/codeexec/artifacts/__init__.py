@@ -11,7 +11,7 @@ import mimetypes
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from codeexec.api.models import ArtifactInfo
+from codeexec.api.models import ArtifactInfo, ArtifactRef
 from codeexec.protocol import ArtifactRecord
 
 # RAGFlow's executor keeps at most 10 artifacts of at most 10 MiB each.
@@ -63,6 +63,18 @@ class Store(Protocol):
 def content_type(name: str) -> str:
     guessed, _ = mimetypes.guess_type(name, strict=False)
     return guessed or "application/octet-stream"
+
+
+def describe(record: ArtifactRecord, store: str, ref: ArtifactRef) -> ArtifactInfo:
+    """What the status lists for one stored artifact (never its bytes)."""
+    return ArtifactInfo(
+        name=record.name,
+        size=len(record.data),
+        content_type=content_type(record.name),
+        sha256=record.sha256,
+        store=store,
+        ref=ref,
+    )
 
 
 def listed(

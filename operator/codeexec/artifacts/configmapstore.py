@@ -14,7 +14,7 @@ import base64
 import re
 
 from codeexec.api.models import API_VERSION, ArtifactInfo, ArtifactRef
-from codeexec.artifacts import MAX_FILES, Limits, Owner, content_type
+from codeexec.artifacts import MAX_FILES, Limits, Owner, describe
 from codeexec.kube.client import CONFIG_MAPS, ApiError, Kube
 from codeexec.protocol import ArtifactRecord
 
@@ -52,16 +52,7 @@ class ConfigMapStore:
         for i, record in enumerate(records):
             key = object_key(i, record.name)
             data[key] = base64.b64encode(record.data).decode("ascii")
-            infos.append(
-                ArtifactInfo(
-                    name=record.name,
-                    size=len(record.data),
-                    content_type=content_type(record.name),
-                    sha256=record.sha256,
-                    store=self.kind,
-                    ref=ArtifactRef(config_map=name, key=key),
-                )
-            )
+            infos.append(describe(record, self.kind, ArtifactRef(config_map=name, key=key)))
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",

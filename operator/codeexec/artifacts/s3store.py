@@ -9,7 +9,7 @@ the operator talks to the server, never the sandbox.
 from __future__ import annotations
 
 from codeexec.api.models import ArtifactInfo, ArtifactRef, S3Location
-from codeexec.artifacts import MAX_FILES, Limits, Owner, content_type
+from codeexec.artifacts import MAX_FILES, Limits, Owner, describe
 from codeexec.artifacts.s3 import S3
 from codeexec.protocol import ArtifactRecord
 
@@ -34,18 +34,8 @@ class S3Store:
         for i, record in enumerate(records):
             key = f"{self.folder(owner.namespace, owner.uid)}{i:02d}-{record.name}"
             await self.client.put(key, record.data)
-            infos.append(
-                ArtifactInfo(
-                    name=record.name,
-                    size=len(record.data),
-                    content_type=content_type(record.name),
-                    sha256=record.sha256,
-                    store=self.kind,
-                    ref=ArtifactRef(
-                        bucket=self.client.bucket, object=key, endpoint=self.client.endpoint
-                    ),
-                )
-            )
+            ref = ArtifactRef(bucket=self.client.bucket, object=key, endpoint=self.client.endpoint)
+            infos.append(describe(record, self.kind, ref))
         return infos
 
     async def read(self, info: ArtifactInfo, namespace: str) -> bytes:
