@@ -381,14 +381,10 @@ async def test_a_chart_comes_back_byte_identical_from_the_s3_store_and_goes_with
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One chart with a TTL and one deleted by hand: both leave nothing in the bucket."""
-    import asyncio
 
     pool, s3 = s3_pool
-    kept, ttl = await asyncio.gather(
-        _run(cx, CHART, arguments={"title": "s3"}, pool=pool),
-        _run(cx, CHART, arguments={"title": "s3 ttl"}, pool=pool, ttl_seconds_after_finished=3),
-    )
-    for done in (kept, ttl):
+
+    async def stored(done: Any) -> None:
         assert done.status.reason == "Succeeded", done.status
         res = done.status.result
         assert res is not None
@@ -396,6 +392,15 @@ async def test_a_chart_comes_back_byte_identical_from_the_s3_store_and_goes_with
         assert (info.store, info.ref.bucket, info.name) == ("s3", S3_BUCKET, "plot.png")
         data = await s3.get(info.ref.object or "")
         assert hashlib.sha256(data).hexdigest() == info.sha256 == res.return_value["sha256"]
+
+    # One after the other, the TTL one read as soon as it ends. Caught: run side by side, the
+    # TTL one (then 3 s) had been collected before the slower one ended and it was read.
+    ttl = await _run(
+        cx, CHART, arguments={"title": "s3 ttl"}, pool=pool, ttl_seconds_after_finished=10
+    )
+    await stored(ttl)
+    kept = await _run(cx, CHART, arguments={"title": "s3"}, pool=pool)
+    await stored(kept)
     # The Python client reads S3 artifacts with the reader's own credentials.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])

@@ -32,10 +32,21 @@ class Watcher:
     def __init__(self, kube: Kube, res: Resource, namespace: str, selector: str) -> None:
         self.kube, self.res, self.namespace, self.selector = kube, res, namespace, selector
         self.task: asyncio.Task[None] | None = None
+        self.listed = asyncio.Event()
 
     def start(self) -> Watcher:
         self.task = asyncio.get_running_loop().create_task(self.run())
         return self
+
+    async def running(self, timeout: float = 30.0) -> None:
+        """Returns once the first list is in: from here on no change escapes the evidence. A
+        test that blocks the loop before this point may find its pods already gone."""
+        waiter = asyncio.ensure_future(self.listed.wait())
+        assert self.task is not None, "the evidence collector never started"
+        await asyncio.wait({waiter, self.task}, timeout=timeout, return_when="FIRST_COMPLETED")
+        waiter.cancel()
+        self.check()
+        assert self.listed.is_set(), "the evidence collector never listed"
 
     def stop(self) -> None:
         if self.task is not None:
@@ -55,6 +66,7 @@ class Watcher:
         for obj in listing["items"]:
             self.seen(obj)
         rv = listing["metadata"]["resourceVersion"]
+        self.listed.set()
         while True:
             # Only an expired version is survivable (relist); anything else ends the task, and
             # check() fails the test.
@@ -176,6 +188,8 @@ async def test_crash_at_each_step(
     created = await cx.submit(PROGRAM, arguments={"n": 7}, timeout_seconds=30)
     pods = PodRecords(cx.kube, created.uid).start()
     statuses = ExecutionRecords(cx.kube, cx.namespace, created.name).start()
+    await pods.running()
+    await statuses.running()
     terminal_phases: list[str] = []
 
     def track(ex: Any) -> None:
@@ -217,6 +231,7 @@ async def test_claimed_pod_deleted_before_delivery_runs_on_another(
     try:
         created = await cx.submit(PROGRAM, arguments={"n": 3}, timeout_seconds=30)
         records = PodRecords(cx.kube, created.uid).start()
+        await records.running()
 
         def claimed() -> str | None:
             for p in sandbox_pods(cluster):
@@ -224,7 +239,10 @@ async def test_claimed_pod_deleted_before_delivery_runs_on_another(
                     return str(p["metadata"]["name"])
             return None
 
-        first = wait_for(claimed, timeout=120, what="a pod claimed for the execution")
+        # In a thread: the watch must keep reading while the test waits.
+        first = await asyncio.to_thread(
+            wait_for, claimed, timeout=120, what="a pod claimed for the execution"
+        )
         cluster.kubectl("delete", "pod", "-n", SANDBOX_NS, first, "--grace-period=0", "--force")
         done = await cx.wait(created.name, timeout=180)
         assert done.status.reason == "Succeeded", done.status
@@ -247,6 +265,9 @@ async def test_graceful_shutdown_leaves_running_code_to_the_successor(
     created = await cx.submit(PROGRAM, arguments={"n": 5}, timeout_seconds=30)
     records = PodRecords(cx.kube, created.uid).start()
     try:
+        # Caught: without this the watch first listed after the blocking waits below, when the
+        # run had ended and its pod was gone (a CI run saw no pod at all).
+        await records.running()
 
         def claimed() -> str | None:
             for p in sandbox_pods(cluster):
@@ -254,9 +275,12 @@ async def test_graceful_shutdown_leaves_running_code_to_the_successor(
                     return str(p["metadata"]["name"])
             return None
 
-        pod = wait_for(claimed, timeout=120, what="a pod claimed for the execution")
-        operator.stop()
-        operator.start()
+        # In threads: the watch must keep reading while the test waits and restarts.
+        pod = await asyncio.to_thread(
+            wait_for, claimed, timeout=120, what="a pod claimed for the execution"
+        )
+        await asyncio.to_thread(operator.stop)
+        await asyncio.to_thread(operator.start)
         done = await cx.wait(created.name, timeout=180)
         assert done.status.reason == "Succeeded", done.status
         assert done.status.result and done.status.result.return_value == 5

@@ -153,6 +153,20 @@ CASES: list[tuple[str, Evidence, Reason]] = [
         Reason.PROCESS_LIMIT,
     ),
     (
+        # Caught: with the one-task allowance alone this was UserException, as a CI run's fork
+        # bomb was: concurrent forks each count against the uid before the kernel checks.
+        "fork EAGAIN with half the limit in tasks: the rest were forks in flight",
+        Evidence(
+            report=report(
+                exit_code=1,
+                result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
+                tasks_peak=8,
+                process_limit=16,
+            )
+        ),
+        Reason.PROCESS_LIMIT,
+    ),
+    (
         "node spawn EAGAIN at the process limit",
         Evidence(
             language="nodejs",
@@ -348,11 +362,11 @@ FORGERIES: list[tuple[str, Report, Reason]] = [
         Reason.USER_EXCEPTION,
     ),
     (
-        "EAGAIN two tasks short of the limit",
+        "EAGAIN with fewer than half the limit in tasks: no fork can have been refused",
         report(
             exit_code=1,
             result=error(type_="BlockingIOError", errno=11, code="EAGAIN"),
-            tasks_peak=22,
+            tasks_peak=11,
             process_limit=24,
         ),
         Reason.USER_EXCEPTION,
