@@ -195,6 +195,12 @@ class Cluster:
                 f"pod {namespace}/{name} not in {phases} after {timeout}s:\n{described.stdout}"
             ) from None
 
+    @property
+    def own_testbed(self) -> bool:
+        """The project's own cluster (`make cluster-up`), which always has RuntimeClass gvisor;
+        not kind."""
+        return (self.dir / "containerd" / "state" / "containerd.sock").exists()
+
     def image_present(self, image: str) -> bool:
         """Whether the node has ``image``.
 
@@ -202,7 +208,7 @@ class Cluster:
         after a while. Otherwise (kind) the node's status.
         """
         socket = self.dir / "containerd" / "state" / "containerd.sock"
-        if socket.exists():
+        if self.own_testbed:
             proc = subprocess.run(
                 ["ctr", "--address", str(socket), "-n", "k8s.io", "images", "ls", "-q"],
                 capture_output=True,

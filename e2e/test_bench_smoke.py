@@ -49,6 +49,17 @@ def test_bench_measures_warm_cold_and_throughput(cluster: Cluster) -> None:
     assert tp["operator"]["reasons"] == {"Succeeded": tp["operator"]["executions_total"]}
     assert tp["ratio"] is not None and tp["ratio_no_preload"] is not None
     assert r["operator_cost"]["peak_rss_mb"] > 0
+    # Issue 16: runc and gVisor side by side in the same run (the test bed always has gVisor).
+    rt = r["runtimes"]
+    if cluster.own_testbed or "skipped" not in rt:
+        assert "skipped" not in rt, rt
+        for runtime in ("runc", "gvisor"):
+            assert rt["warmup"][runtime]["pools_full_seconds"] > 0, rt["warmup"]
+            assert rt["throughput"][runtime]["completed_in_window"] > 0, rt["throughput"]
+        for lang in ("python", "nodejs"):
+            assert rt["warm"][lang]["failed"] == 0, rt["warm"][lang]["failures"]
+            for runtime in ("runc", "gvisor"):
+                assert rt["warm"][lang]["latency_ms"][runtime]["n"] == rt["n"], rt["warm"][lang]
 
 
 def test_chaos_never_runs_code_twice_leaks_or_loses(cluster: Cluster) -> None:
