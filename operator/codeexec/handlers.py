@@ -103,7 +103,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     # Every watch event runs a handler; "succeeded" lines for each would drown the log.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.batching.batch_window = 0.01
     settings.batching.idle_timeout = 60.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
