@@ -1,22 +1,22 @@
-"""Hand each waiting execution its own warm pod, first come first served.
+"""Hand each waiting execution its own warm pod, fairly between namespaces.
 
-Waiters queue per pool in creation order. When a ready pod is in view, the head of the queue
-gets it as a candidate and claims it with a patch conditioned on the pod's resourceVersion:
-exactly one claimer can win a pod, whatever any cache said. A loser (409) or a vanished pod
-puts the waiter back at the head of the queue.
+Waiters queue per pool, in creation order within their namespace; the namespaces take turns
+(fairness.py), and a pool's per-namespace cap holds back a namespace that runs its fill. When a
+ready pod is in view, the next waiter gets it as a candidate and claims it with a patch
+conditioned on the pod's resourceVersion: exactly one claimer can win a pod, whatever any cache
+said. A loser (409) or a vanished pod puts the waiter back at the head of its line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from codeexec import clock, metrics, podspec
+from codeexec import clock, fairness, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.kube.lease import Fence, unfenced
 from codeexec.podcache import PodCache, PodView, view
@@ -28,13 +28,20 @@ log = logging.getLogger(__name__)
 class NoPodInTime(Exception):
     """The provisioning deadline passed with no warm pod for this execution."""
 
+    def __init__(self, held: fairness.Hold | None = None) -> None:
+        super().__init__(held.message if held else "no warm pod in time")
+        # Set when the namespace's cap, not a lack of pods, kept it waiting at the end.
+        self.held = held if held is not None and held.reason == fairness.QUOTA_REASON else None
 
-@dataclass(order=True)
+
+@dataclass(eq=False)
 class _Waiter:
-    created: float
-    seq: int
-    uid: str = field(compare=False)
-    future: asyncio.Future[PodView] = field(compare=False)
+    namespace: str
+    uid: str
+    future: asyncio.Future[PodView]
+
+    def live(self) -> bool:
+        return not self.future.done()
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,17 @@ class Claimed:
 
 @dataclass
 class _PoolQueue:
-    heap: list[_Waiter] = field(default_factory=list)
-    reserved: set[str] = field(default_factory=set)
+    line: fairness.FairQueue[_Waiter] = field(
+        default_factory=lambda: fairness.FairQueue(_Waiter.live)
+    )
+    # Pods handed to a waiter whose claim is not yet written, and the waiter's namespace.
+    reserved: dict[str, str] = field(default_factory=dict)
+    waiters: dict[str, _Waiter] = field(default_factory=dict)  # by execution uid
+    cap: int | None = None  # the pool's maxRunningPerNamespace, as the last claimer saw it
+
+    def cap_of(self, holders: dict[str, set[str]], namespace: str) -> fairness.Cap:
+        reserved = sum(1 for ns in self.reserved.values() if ns == namespace)
+        return fairness.Cap(self.cap, frozenset(holders.get(namespace, ())), reserved)
 
 
 class Broker:
@@ -62,7 +78,18 @@ class Broker:
 
     def waiting(self, pool: str) -> int:
         q = self._queues.get(pool)
-        return sum(1 for w in q.heap if not w.future.done()) if q else 0
+        return q.line.waiting() if q else 0
+
+    def hold(self, pool: str, execution_uid: str) -> fairness.Hold | None:
+        """Why this execution still waits (a pod, or its namespace's cap); None once it has a
+        pod or is not waiting here."""
+        q = self._queues.get(pool)
+        waiter = q.waiters.get(execution_uid) if q else None
+        if q is None or waiter is None or not waiter.live():
+            return None
+        ahead = q.line.ahead(waiter.namespace, waiter) or 0
+        cap = q.cap_of(fairness.holding(self.cache.of_pool(pool)), waiter.namespace)
+        return fairness.hold(pool, cap, execution_uid, ahead, q.line.waiting())
 
     def _pump(self, pool: str, template: str) -> None:
         q = self._queues.setdefault(pool, _PoolQueue())
@@ -74,12 +101,15 @@ class Broker:
             ),
             key=lambda p: p.created.timestamp() if p.created else 0.0,
         )
-        while q.heap and free:
-            waiter = heapq.heappop(q.heap)
-            if waiter.future.done():
-                continue
+        if not free:
+            return
+        holders = fairness.holding(self.cache.of_pool(pool))
+        while free:
+            waiter = q.line.pop(lambda ns, w: q.cap_of(holders, ns).admits(w.uid))
+            if waiter is None:
+                return
             pod = free.pop(0)
-            q.reserved.add(pod.name)
+            q.reserved[pod.name] = waiter.namespace
             waiter.future.set_result(pod)
 
     async def claim(
@@ -95,35 +125,48 @@ class Broker:
         request_id: str,
         attempt: int,
         on_wait: asyncio.Event | None = None,
+        namespace_cap: int | None = None,
     ) -> Claimed:
-        """Wait in line for a pod of `pool` and claim it, or raise NoPodInTime at `deadline`."""
+        """Wait in line for a pod of `pool` and claim it, or raise NoPodInTime at `deadline`.
+
+        `namespace_cap`: at most this many of the pool's pods claimed for executions of one
+        namespace (the execution's, from `execution_ref`) at a time; None, no cap.
+        """
         q = self._queues.setdefault(pool, _PoolQueue())
+        q.cap = namespace_cap
+        namespace = fairness.namespace_of(execution_ref) or ""
         seq = next(self._seq)
-        while True:
-            loop = asyncio.get_running_loop()
-            waiter = _Waiter(created, seq, execution_uid, loop.create_future())
-            heapq.heappush(q.heap, waiter)
-            self._pump(pool, template)
-            if not waiter.future.done() and on_wait is not None:
-                on_wait.set()
-            try:
-                pod = await self._next_candidate(pool, template, waiter, deadline)
-            except BaseException:
-                # Cancelled (the execution was deleted) or out of time, possibly just after
-                # another claimer's pump handed this waiter a pod: give the pod back.
-                self._abandon(q, waiter)
+        enqueue = q.line.push
+        try:
+            while True:
+                loop = asyncio.get_running_loop()
+                waiter = _Waiter(namespace, execution_uid, loop.create_future())
+                enqueue(namespace, created, seq, waiter)
+                q.waiters[execution_uid] = waiter
                 self._pump(pool, template)
-                raise
-            try:
-                claimed = await self._try_claim(
-                    pod, execution_uid, execution_ref, timeout_seconds, request_id, attempt
-                )
-            finally:
-                q.reserved.discard(pod.name)
-            if claimed is not None:
-                # Let the next waiter look at the rest of the pods straight away.
-                self._pump(pool, template)
-                return claimed
+                if not waiter.future.done() and on_wait is not None:
+                    on_wait.set()
+                try:
+                    pod = await self._next_candidate(pool, template, waiter, deadline)
+                except BaseException:
+                    # Cancelled (the execution was deleted) or out of time, possibly just after
+                    # another claimer's pump handed this waiter a pod: give the pod back.
+                    self._abandon(q, waiter)
+                    self._pump(pool, template)
+                    raise
+                try:
+                    claimed = await self._try_claim(
+                        pod, execution_uid, execution_ref, timeout_seconds, request_id, attempt
+                    )
+                finally:
+                    q.reserved.pop(pod.name, None)
+                if claimed is not None:
+                    # Let the next waiter look at the rest of the pods straight away.
+                    self._pump(pool, template)
+                    return claimed
+                enqueue = q.line.give_back  # the lost pod did not use up this namespace's turn
+        finally:
+            q.waiters.pop(execution_uid, None)
 
     @staticmethod
     def _abandon(q: _PoolQueue, waiter: _Waiter) -> None:
@@ -131,7 +174,7 @@ class Broker:
         if not fut.done():
             fut.cancel()
         elif not fut.cancelled() and fut.exception() is None:
-            q.reserved.discard(fut.result().name)
+            q.reserved.pop(fut.result().name, None)
 
     async def _next_candidate(
         self, pool: str, template: str, waiter: _Waiter, deadline: float
@@ -139,7 +182,7 @@ class Broker:
         while not waiter.future.done():
             remaining = deadline - clock.time()
             if remaining <= 0:
-                raise NoPodInTime()
+                raise NoPodInTime(self.hold(pool, waiter.uid))
             changed: asyncio.Future[Any] = asyncio.ensure_future(
                 self.cache.wait_changed(min(remaining, 5.0))
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -49,6 +50,11 @@ log = logging.getLogger(__name__)
 # Most warm runs report back well within this; sparing them the intermediate write takes a
 # request per execution off the API server and the hot path.
 RUNNING_RECORD_DELAY = 0.15
+# A waiting execution's reason (a warm pod, or its namespace's cap) is looked at this often and
+# written only when it changes. Only the head of a namespace's line can flip between the two (a
+# namespace at its cap drops below it for a moment each time one of its runs ends): this bounds
+# such a waiter to one write per 5 s instead of one per run that ends.
+HOLD_RECHECK_SECONDS = 5.0
 
 
 # A deleted pod's container is stopped within its grace period (1 s) by the kubelet; a drain
@@ -302,13 +308,14 @@ class Road:
                 try:
                     sandbox = await self.claim(ex, pool, attempts + 1)
                     fresh = True
-                except NoPodInTime:
+                except NoPodInTime as err:
+                    held = f" ({err.held.message})" if err.held is not None else ""
                     await self.finish(
                         ex,
                         Outcome(
                             Reason.POOL_EXHAUSTED,
                             f"no warm pod of pool {pool.name} became free within "
-                            f"{pool.spec.queue_timeout_seconds}s",
+                            f"{pool.spec.queue_timeout_seconds}s{held}",
                         ),
                         None,
                         started=False,
@@ -349,19 +356,29 @@ class Road:
             await self.delete_pod(sandbox.pod)
             return
 
+    async def mark_waiting(
+        self, ex: Execution, pool: Pool, waiting: asyncio.Event, done: asyncio.Event
+    ) -> None:
+        """Pending, saying why (a warm pod, or the namespace's cap), once the claim has to
+        wait; written again only when the why changes, looked at every HOLD_RECHECK_SECONDS."""
+        await waiting.wait()
+        written: str | None = None
+        while not done.is_set():
+            why = self.rt.broker.hold(pool.name, ex.uid)
+            if why is None:
+                return
+            if why.reason != written:
+                await self.write_status(ex, st.pending(why.reason, why.message, ex.generation))
+                self.rt.events.record(ex.body, why.reason, why.message)
+                written = why.reason
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), HOLD_RECHECK_SECONDS)
+
     async def claim(self, ex: Execution, pool: Pool, attempt: int) -> st.Sandbox:
-        waiting = asyncio.Event()
+        waiting, done = asyncio.Event(), asyncio.Event()
         request_id = new_request_id()
         started = clock.monotonic()
-
-        async def mark_pending() -> None:
-            await waiting.wait()
-            depth = self.rt.broker.waiting(pool.name)
-            message = f"waiting for a warm pod of pool {pool.name} ({depth} in line)"
-            await self.write_status(ex, st.pending("WaitingForPod", message, ex.generation))
-            self.rt.events.record(ex.body, "WaitingForPod", message)
-
-        marker = asyncio.create_task(mark_pending())
+        marker = asyncio.create_task(self.mark_waiting(ex, pool, waiting, done))
         try:
             claimed = await self.rt.broker.claim(
                 pool.name,
@@ -375,12 +392,19 @@ class Road:
                 request_id=request_id,
                 attempt=attempt,
                 on_wait=waiting,
+                namespace_cap=pool.spec.fairness.max_running_per_namespace,
             )
         finally:
-            if marker.done():
-                marker.result()
-            else:
+            done.set()
+            if not waiting.is_set():
                 marker.cancel()
+            # A Pending write on the wire is awaited, never abandoned: it must not land after
+            # what the road writes next.
+            try:
+                await asyncio.shield(marker)
+            except asyncio.CancelledError:
+                if not marker.cancelled():
+                    raise  # this road itself is being cancelled
         metrics.STEP.labels("claim").observe(clock.monotonic() - started)
         sandbox = st.Sandbox(
             pool=pool.name,

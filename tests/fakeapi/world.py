@@ -16,13 +16,18 @@ TERMINAL = ("Succeeded", "Failed")
 
 class World:
     def __init__(
-        self, *, pool_size: int = 2, program: Program = default_program, **kubelet: Any
+        self,
+        *,
+        pool_size: int = 2,
+        pool_spec: dict[str, Any] | None = None,
+        program: Program = default_program,
+        **kubelet: Any,
     ) -> None:
         self.api = FakeApi()
         self.kubelet = Kubelet(self.api, SANDBOX, program=program, **kubelet)
         for ns in (SANDBOX, TENANT, "codeexec-system"):
             self.api.create("namespaces", "", {"metadata": {"name": ns}})
-        self.pool("python", size=pool_size)
+        self.pool("python", size=pool_size, **(pool_spec or {}))
         self._n = 0
 
     def pool(self, name: str, *, size: int, **spec: Any) -> JSON:
@@ -41,7 +46,13 @@ class World:
         return self.api.create("sandboxpools", "", body)
 
     def submit(
-        self, n: int = 1, *, sleep: float = 0.05, name: str | None = None, **spec: Any
+        self,
+        n: int = 1,
+        *,
+        sleep: float = 0.05,
+        name: str | None = None,
+        namespace: str = TENANT,
+        **spec: Any,
     ) -> JSON:
         self._n += 1
         body = {
@@ -56,13 +67,13 @@ class World:
                 **spec,
             },
         }
-        return self.api.create("codeexecutions", TENANT, body)
+        return self.api.create("codeexecutions", namespace, body)
 
-    def execution(self, name: str) -> JSON | None:
-        return self.api.read("codeexecutions", TENANT, name)
+    def execution(self, name: str, namespace: str = TENANT) -> JSON | None:
+        return self.api.read("codeexecutions", namespace, name)
 
-    def phase(self, name: str) -> str | None:
-        ex = self.execution(name)
+    def phase(self, name: str, namespace: str = TENANT) -> str | None:
+        ex = self.execution(name, namespace)
         return ((ex or {}).get("status") or {}).get("phase")
 
     def finished(self, *names: str) -> bool:

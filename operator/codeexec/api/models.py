@@ -225,6 +225,12 @@ class PoolEgress(_Model):
     allow: list[EgressRule] = Field(default_factory=list)
 
 
+class PoolFairness(_Model):
+    """How a pool is shared between namespaces (docs/capacity.md, Fair sharing)."""
+
+    max_running_per_namespace: int | None = Field(default=None, ge=1)
+
+
 class SandboxPoolSpec(_Model):
     language: Language
     image: str
@@ -245,6 +251,7 @@ class SandboxPoolSpec(_Model):
     queue_timeout_seconds: int = Field(default=120, ge=1)
     preload: list[str] | None = None
     artifacts: PoolArtifacts | None = None
+    fairness: PoolFairness = Field(default_factory=PoolFairness)
 
 
 class SandboxRef(_Model):

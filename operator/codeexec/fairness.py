@@ -1,0 +1,166 @@
+"""Who gets a pool's next pod: namespaces in turn, FIFO within one, under a per-namespace cap.
+
+Pure. The broker (claim.py) keeps one `FairQueue` per pool and asks it for the next waiter
+whenever a warm pod is free; `holding` counts what each namespace runs from the claimed pods
+themselves (the claim patch records the execution on its pod), so the count is the same after a
+restart and drops when a claimed pod is released, whatever happened to its execution.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from codeexec.podcache import PodView
+
+T = TypeVar("T")
+
+QUOTA_REASON = "WaitingForQuota"
+POD_REASON = "WaitingForPod"
+
+
+@dataclass(order=True)
+class _Entry(Generic[T]):
+    created: float
+    seq: int
+    item: T = field(compare=False)
+
+
+class FairQueue(Generic[T]):
+    """The waiters of one pool: one line per namespace, ordered by creation (then arrival);
+    the namespaces take turns, one pod per turn. A namespace that arrives joins the end of the
+    turn order, so one that queued a thousand executions delays a newcomer by one pod, not a
+    thousand. `live` says whether an item still waits (the broker's waiters are dropped lazily:
+    a cancelled one stays until its line is next looked at)."""
+
+    def __init__(self, live: Callable[[T], bool]) -> None:
+        self._live = live
+        self._lines: dict[str, list[_Entry[T]]] = {}
+        self._turns: OrderedDict[str, None] = OrderedDict()
+
+    def push(self, namespace: str, created: float, seq: int, item: T) -> None:
+        line = self._lines.setdefault(namespace, [])
+        heapq.heappush(line, _Entry(created, seq, item))
+        if namespace not in self._turns:
+            self._turns[namespace] = None
+
+    def give_back(self, namespace: str, created: float, seq: int, item: T) -> None:
+        """An item whose pod was lost to another claimer: back at the head of its line, and its
+        namespace's turn, which got it nothing, comes again first."""
+        self.push(namespace, created, seq, item)
+        self._turns.move_to_end(namespace, last=False)
+
+    def pop(self, admit: Callable[[str, T], bool] = lambda _ns, _item: True) -> T | None:
+        """The head of the first namespace in turn whose head `admit(namespace, head)` lets
+        through; that namespace goes to the end of the turn order. None when none does."""
+        for namespace in list(self._turns):
+            line = self._prune(namespace)
+            if not line or not admit(namespace, line[0].item):
+                continue
+            entry = heapq.heappop(line)
+            self._turns.move_to_end(namespace)
+            if not line:
+                self._drop(namespace)
+            return entry.item
+        return None
+
+    def waiting(self) -> int:
+        return sum(1 for line in self._lines.values() for e in line if self._live(e.item))
+
+    def ahead(self, namespace: str, item: T) -> int | None:
+        """Live waiters of `namespace` in line before `item`; None when it is not in line."""
+        line = self._lines.get(namespace, [])
+        mine = next((e for e in line if e.item is item), None)
+        if mine is None:
+            return None
+        return sum(1 for e in line if e < mine and self._live(e.item))
+
+    def namespaces(self) -> list[str]:
+        """In turn order (for tests and the status)."""
+        return list(self._turns)
+
+    def _prune(self, namespace: str) -> list[_Entry[T]]:
+        line = self._lines.get(namespace, [])
+        while line and not self._live(line[0].item):
+            heapq.heappop(line)
+        if not line:
+            self._drop(namespace)
+        return line
+
+    def _drop(self, namespace: str) -> None:
+        self._lines.pop(namespace, None)
+        self._turns.pop(namespace, None)
+
+
+def namespace_of(execution_ref: str | None) -> str | None:
+    """The namespace in a claim's `namespace/name` record."""
+    if not execution_ref or "/" not in execution_ref:
+        return None
+    return execution_ref.split("/", 1)[0]
+
+
+def holds_slot(pod: PodView) -> bool:
+    """A claimed pod counts against its namespace until the operator lets it go: its own
+    deletion removes the claim finalizer first, so a pod deleted by anyone else (a drain) still
+    counts while its run is resumed and judged."""
+    return pod.claimed_by is not None and (not pod.deleting or pod.held)
+
+
+def holding(pods: Iterable[PodView]) -> dict[str, set[str]]:
+    """Namespace -> uids of its executions that hold a pod (an execution retried on a second
+    pod holds one slot, not two)."""
+    found: dict[str, set[str]] = {}
+    for pod in pods:
+        ns = namespace_of(pod.execution)
+        if ns is not None and pod.claimed_by is not None and holds_slot(pod):
+            found.setdefault(ns, set()).add(pod.claimed_by)
+    return found
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The pool's per-namespace limit on running executions, and who holds its slots now."""
+
+    limit: int | None
+    holders: frozenset[str] = frozenset()
+    reserved: int = 0  # pods handed to this namespace's waiters, their claim not yet written
+
+    @property
+    def used(self) -> int:
+        return len(self.holders) + self.reserved
+
+    def admits(self, uid: str | None = None) -> bool:
+        """One more claim fits (an execution that already holds a pod, retrying after a pod
+        that never started its code, takes its own slot again)."""
+        if self.limit is None or (uid is not None and uid in self.holders):
+            return True
+        return self.used < self.limit
+
+    def holds_back(self, uid: str, ahead: int) -> bool:
+        """A waiter with `ahead` of its namespace's waiters in line before it is held back by
+        the cap, not by a lack of pods: even were a pod free for each of them, it would not get
+        one. Only the first few of a namespace's line ever flip between the two answers."""
+        if self.limit is None or uid in self.holders:
+            return False
+        return self.used + ahead >= self.limit
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a waiting execution waits, as its status says it."""
+
+    reason: str
+    message: str
+
+
+def hold(pool: str, cap: Cap, uid: str, ahead: int, in_line: int) -> Hold:
+    if cap.holds_back(uid, ahead):
+        return Hold(
+            QUOTA_REASON,
+            f"waiting: namespace quota, {len(cap.holders)} running (pool {pool} runs at most "
+            f"{cap.limit} per namespace)",
+        )
+    return Hold(POD_REASON, f"waiting for a warm pod of pool {pool} ({in_line} in line)")
