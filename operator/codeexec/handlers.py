@@ -153,10 +153,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         raise kopf.PermanentError(f"cannot read the cluster's node addresses: {err}") from err
     STATE.egress = egress
     cache = PodCache(kube, ns)
-    pools = PoolManager(kube, cache, ns, cfg.pool_selector)
+    events = Recorder(kube)
+    pools = PoolManager(
+        kube, cache, ns, cfg.pool_selector, events=events, events_namespace=cfg.lease_namespace
+    )
     preattach = Preattacher(kube, cache, ns, serves=lambda pod: pod.pool in pools.pools)
     broker = Broker(kube, cache, ns, fence=fence)
-    rt = Runtime(cfg, kube, cache, pools, broker, Recorder(kube), preattach, fence=fence)
+    pools.queue_depth = broker.waiting
+    rt = Runtime(cfg, kube, cache, pools, broker, events, preattach, fence=fence)
     STATE.rt = rt
     STATE.executions = Executions(rt)
     # Each loop restarts itself after a crash (supervise.py); the watchdog is the last resort.

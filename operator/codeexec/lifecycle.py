@@ -379,6 +379,7 @@ class Road:
         request_id = new_request_id()
         started = clock.monotonic()
         marker = asyncio.create_task(self.mark_waiting(ex, pool, waiting, done))
+        self.rt.pools.demand(pool.name)
         try:
             claimed = await self.rt.broker.claim(
                 pool.name,

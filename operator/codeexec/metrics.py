@@ -57,6 +57,31 @@ PREATTACHED = Gauge(
 POOL_READY = Gauge("codeexec_pool_ready_pods", "Warm pods ready to be claimed", ["pool"])
 POOL_WARMING = Gauge("codeexec_pool_warming_pods", "Warm pods not yet ready", ["pool"])
 POOL_CLAIMED = Gauge("codeexec_pool_claimed_pods", "Pods currently running an execution", ["pool"])
+POOL_DESIRED = Gauge(
+    "codeexec_pool_desired_pods",
+    "Warm pods the pool is keeping (its size or the autoscaler's)",
+    ["pool"],
+)
+POOL_UNSCHEDULABLE = Gauge(
+    "codeexec_pool_unschedulable_pods", "Pods of the pool the scheduler cannot place", ["pool"]
+)
+POOL_QUEUE_DEPTH = Gauge(
+    "codeexec_pool_queue_depth", "Executions waiting for a pod of the pool", ["pool"]
+)
+POOL_IN_USE_RATIO = Gauge(
+    "codeexec_pool_in_use_ratio",
+    "Running pods / (running + ready warm pods); 1 while executions wait",
+    ["pool"],
+)
+POOL_GAUGES = (
+    POOL_READY,
+    POOL_WARMING,
+    POOL_CLAIMED,
+    POOL_DESIRED,
+    POOL_UNSCHEDULABLE,
+    POOL_QUEUE_DEPTH,
+    POOL_IN_USE_RATIO,
+)
 IN_FLIGHT = Gauge("codeexec_executions_in_flight", "Executions being processed")
 API_REQUESTS = Counter(
     "codeexec_api_requests_total",

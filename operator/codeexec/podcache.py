@@ -47,6 +47,8 @@ class PodView:
     claimed_at: datetime | None = None
     attempt: int = 1
     held: bool = False  # carries the claim finalizer: it stays until the operator lets go
+    # The scheduler's message while it cannot place the pod (PodScheduled False, Unschedulable).
+    unschedulable: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -94,6 +96,16 @@ def view(pod: dict[str, Any]) -> PodView:
     labels = meta.get("labels") or {}
     notes = meta.get("annotations") or {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    unschedulable = next(
+        (
+            str(c.get("message") or "unschedulable")
+            for c in status.get("conditions") or []
+            if c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ),
+        None,
+    )
     waiting = None
     running = False
     for cs in status.get("containerStatuses") or []:
@@ -125,6 +137,7 @@ def view(pod: dict[str, Any]) -> PodView:
         execution=notes.get(podspec.EXECUTION_ANNOTATION),
         claimed_at=_ts(notes.get(podspec.CLAIMED_AT_ANNOTATION)),
         attempt=_attempt(notes.get(podspec.ATTEMPT_ANNOTATION)),
+        unschedulable=unschedulable,
     )
 
 

@@ -1,10 +1,12 @@
-"""Warm pools: keep each `SandboxPool`'s ready pods at its size.
+"""Warm pools: keep each `SandboxPool`'s ready pods at its size (fixed, or autoscale.py's).
 
 One keeper task per pool. It creates what is missing, replaces pods that are stale (template
 changed), broken (finished while warm) or slow (not ready in time), and reports counts in the
 pool's status. Failures to create are retried with backoff; the target never shrinks because of
 them. Creations are tracked until the watch sees them (the Job controller's "expectations"), so a
-lagging cache does not cause over-provisioning.
+lagging cache does not cause over-provisioning. Pods the scheduler cannot place are counted
+and waited for, never replaced; while there are any, the pool grows by at most one pod per
+backoff step.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from codeexec import backoff, clock, metrics, podspec, tenants
-from codeexec.api.models import SandboxPoolSpec
+from codeexec import autoscale, backoff, clock, metrics, podspec, tenants
+from codeexec.api.models import API_VERSION, SandboxPoolSpec
 from codeexec.kube.client import NAMESPACES, PODS, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.events import Recorder
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
 from codeexec.settings import selector_matches
-from codeexec.status import condition, merge_conditions
+from codeexec.status import condition, merge_conditions, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,14 @@ RECYCLE_MARGIN_SECONDS = 300
 # Each claim changes a pool's counts; writing every change would add a status write per
 # execution. Counts are written at most once a second (the gauges always move at once).
 STATUS_INTERVAL_SECONDS = 1.0
+# An autoscaled pool's keeper looks at its demand every second (in memory; the status is still
+# written only when it changes): an execution arriving at an empty pool waits at most this
+# long, plus the pod's warm-up, for its pod to be started.
+AUTOSCALE_INTERVAL_SECONDS = 1.0
+IDLE_INTERVAL_SECONDS = 5.0
+# While pods of a pool cannot be scheduled, one more pod is tried after 5 s, doubling to 5 min.
+UNSCHEDULABLE_BASE_SECONDS = 5.0
+UNSCHEDULABLE_CAP_SECONDS = 300.0
 
 
 @dataclass
@@ -48,6 +60,17 @@ class Pool:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # As last written (or found at start): a condition keeps its transition time until it flips.
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    uid: str = ""
+    demand: autoscale.Demand = field(default_factory=autoscale.Demand)
+    desired: int | None = None
+    scale_reason: str = ""
+    scale_time: str | None = None
+    # Growth while pods are unschedulable: the next try and how many came before it.
+    unschedulable_streak: int = 0
+    grow_after: float = 0.0
+
+    def target(self) -> int:
+        return self.spec.size if self.desired is None else self.desired
 
 
 @dataclass(frozen=True)
@@ -55,13 +78,15 @@ class Counts:
     ready: int
     warming: int
     claimed: int
+    unschedulable: int = 0
+    queue: int = 0
 
 
 def ready_condition(pool: Pool, counts: Counts) -> dict[str, Any]:
     """Ready means serving: a pool that hands out pods is Ready while it refills (health tools
     such as Argo CD and kstatus read Ready=False as unhealthy). False only until its first pod
     is ready, or while it has neither a ready nor a claimed pod and never served."""
-    size = pool.spec.size
+    size = pool.target()
     message = f"{counts.ready}/{size} warm pods ready, {counts.warming} warming"
     message += f", {counts.claimed} running" if counts.claimed else ""
     served = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pool.conditions)
@@ -72,14 +97,39 @@ def ready_condition(pool: Pool, counts: Counts) -> dict[str, Any]:
     return condition("Ready", False, "Warming", message, generation=pool.generation)
 
 
+def schedulable_condition(pool: Pool, counts: Counts, message: str | None) -> dict[str, Any]:
+    """False while any pod of the pool waits for room on a node."""
+    if counts.unschedulable:
+        text = f"{counts.unschedulable} pod(s) cannot be scheduled: {message or 'no room'}"
+        return condition("Schedulable", False, "Unschedulable", text, generation=pool.generation)
+    return condition(
+        "Schedulable", True, "Scheduled", "every pod found a node", generation=pool.generation
+    )
+
+
 class PoolManager:
-    def __init__(self, kube: Kube, cache: PodCache, namespace: str, selector: str = "") -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        cache: PodCache,
+        namespace: str,
+        selector: str = "",
+        *,
+        events: Recorder | None = None,
+        events_namespace: str = "",
+    ) -> None:
         self.kube = kube
         self.cache = cache
         self.namespace = namespace
         self.selector = selector
         self.pools: dict[str, Pool] = {}
         self.synced = asyncio.Event()
+        # Executions waiting for a pod of a pool (claim.Broker.waiting, wired at start-up).
+        self.queue_depth: Callable[[str], int] = lambda _pool: 0
+        # Scale changes are Events on the SandboxPool, posted in the operator's own namespace
+        # (a cluster-scoped object's Events would otherwise need rights in `default`).
+        self.events = events
+        self.events_namespace = events_namespace
 
     # --- registry -----------------------------------------------------------------------------
 
@@ -118,6 +168,7 @@ class PoolManager:
             pool = self.pools[name] = Pool(name=name, spec=spec)
             pool.conditions = list((body.get("status") or {}).get("conditions") or [])
         pool.spec = spec
+        pool.uid = str(body["metadata"].get("uid") or "")
         pool.generation = int(body["metadata"].get("generation") or 0)
         pool.template = podspec.template_hash(spec)
         if pool.task is None or pool.task.done():
@@ -126,7 +177,7 @@ class PoolManager:
 
     async def remove(self, name: str) -> None:
         pool = self.pools.pop(name, None)
-        for gauge in (metrics.POOL_READY, metrics.POOL_WARMING, metrics.POOL_CLAIMED):
+        for gauge in metrics.POOL_GAUGES:
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
         if pool and pool.task:
@@ -184,6 +235,14 @@ class PoolManager:
                     raise
         return tenants.admits(pool.spec.tenants, namespace, labels)
 
+    def demand(self, name: str) -> None:
+        """An execution asks for a pod of pool `name`: counted, and the keeper woken (an empty
+        pool starts a pod now, not at its next look)."""
+        pool = self.pools.get(name)
+        if pool is not None:
+            pool.demand.arrived(clock.monotonic())
+            pool.wake.set()
+
     async def stop(self) -> None:
         for pool in self.pools.values():
             if pool.task:
@@ -192,7 +251,7 @@ class PoolManager:
     # --- keeper -------------------------------------------------------------------------------
 
     def counts(self, pool: Pool) -> Counts:
-        ready = warming = claimed = 0
+        ready = warming = claimed = unschedulable = 0
         for pod in self.cache.of_pool(pool.name):
             if pod.state == podspec.CLAIMED:
                 claimed += 1
@@ -201,7 +260,8 @@ class PoolManager:
                     ready += 1
                 else:
                     warming += 1
-        return Counts(ready, warming, claimed)
+                    unschedulable += pod.unschedulable is not None
+        return Counts(ready, warming, claimed, unschedulable, self.queue_depth(pool.name))
 
     def _doomed(self, pool: Pool, pod: PodView, now: float) -> str | None:
         """Why a warm pod must go, if it must."""
@@ -215,7 +275,10 @@ class PoolManager:
             # The kubelet kills every pod at its activeDeadlineSeconds (counted from its start,
             # only ever lowered by a claim): a late claim would be cut off mid-run.
             return "too old to run the pool's longest execution before its deadline"
-        if not pod.ready and pod.created is not None:
+        if not pod.ready and pod.created is not None and pod.unschedulable is None:
+            # An unschedulable pod is not replaced: a new one would wait for the same room
+            # (the scheduler retries it by itself), and replacing it would churn every
+            # readyTimeoutSeconds while the cluster is full.
             age = now - pod.created.timestamp()
             if age > pool.spec.ready_timeout_seconds:
                 return f"not ready after {int(age)}s ({pod.waiting_reason or pod.phase})"
@@ -242,7 +305,8 @@ class PoolManager:
             except Exception as err:  # keep the pool alive through API hiccups
                 failures += 1
                 log.warning("pool %s: reconcile failed (%d): %r", pool.name, failures, err)
-            delay = 5.0 if failures == 0 else backoff.delay(failures + 1, base=0.5, cap=30.0)
+            idle = AUTOSCALE_INTERVAL_SECONDS if _autoscaled(pool) else IDLE_INTERVAL_SECONDS
+            delay = idle if failures == 0 else backoff.delay(failures + 1, base=0.5, cap=30.0)
             if pool.report_due is not None:
                 delay = max(0.05, min(delay, pool.report_due - clock.monotonic()))
             wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
@@ -265,8 +329,19 @@ class PoolManager:
             if why:
                 log.info("pool %s: replacing pod %s: %s", pool.name, pod.name, why)
                 await self._delete_warm(pod)
+        self._observe_warmup(pool, now)
         counts = self.counts(pool)
-        missing = pool.spec.size - counts.ready - counts.warming - len(pool.expected)
+        self._scale(pool, counts)
+        target = pool.target()
+        missing = target - counts.ready - counts.warming - len(pool.expected)
+        if pool.spec.scaling is not None:
+            # maxSize bounds every pod of the pool, the running ones too.
+            room = pool.spec.scaling.max_size - counts.ready - counts.warming - counts.claimed
+            missing = min(missing, room - len(pool.expected))
+        missing = self._hold_while_unschedulable(pool, counts, missing)
+        # At most CREATE_BURST pods whose placement is not known yet: a full cluster is
+        # noticed (Unschedulable) before a burst has filled maxSize with pods that would wait.
+        missing = min(missing, CREATE_BURST - self._unplaced(pool) - len(pool.expected))
         for _ in range(max(0, min(missing, CREATE_BURST))):
             manifest = podspec.sandbox_pod(pool.name, pool.spec, self.namespace)
             name = manifest["metadata"]["name"]
@@ -276,8 +351,10 @@ class PoolManager:
             except ApiError:
                 pool.expected.pop(name, None)
                 raise
-        # Surplus (the pool shrank): delete the newest warm pods first, never claimed ones.
-        surplus = counts.ready + counts.warming - pool.spec.size
+        # Surplus (the pool shrank): delete the unschedulable, then the not yet ready, then the
+        # oldest warm pods (nearest their recycling) first, never claimed ones (a claim racing
+        # the delete wins it: _delete_warm is conditioned on the pod's resourceVersion).
+        surplus = counts.ready + counts.warming - target
         if surplus > 0:
             warm = sorted(
                 (
@@ -285,11 +362,84 @@ class PoolManager:
                     for p in self.cache.of_pool(pool.name)
                     if p.state == podspec.WARM and not p.deleting and p.template == pool.template
                 ),
-                key=lambda p: (p.ready, p.created or clock.now()),
+                key=lambda p: (
+                    p.unschedulable is None,
+                    p.ready,
+                    p.created or clock.now(),
+                ),
             )
             for pod in warm[:surplus]:
                 await self._delete_warm(pod)
         await self._report(pool, self.counts(pool))
+
+    def _observe_warmup(self, pool: Pool, now: float) -> None:
+        """Warm-up time samples: creation to ready, for pods this keeper saw warming."""
+        demand = pool.demand
+        live = set()
+        for pod in self.cache.of_pool(pool.name):
+            if pod.state != podspec.WARM or pod.deleting or pod.finished:
+                continue
+            live.add(pod.name)
+            if not pod.ready:
+                demand.warming.add(pod.name)
+            elif pod.name in demand.warming and pod.created is not None:
+                demand.warming.discard(pod.name)
+                demand.warmed(now - pod.created.timestamp())
+        demand.warming &= live
+
+    def _scale(self, pool: Pool, counts: Counts) -> None:
+        decision = pool.demand.target(pool.spec, clock.monotonic(), counts.queue)
+        previous = pool.desired
+        if previous == decision.desired:
+            return
+        pool.desired = decision.desired
+        pool.scale_reason = decision.reason
+        pool.scale_time = timestamp(clock.now())
+        if previous is None:
+            return  # the keeper's first look: no change to announce
+        verb = "up" if decision.desired > previous else "down"
+        message = (
+            f"scaled {verb} from {previous} to {decision.desired} warm pods: {decision.reason}"
+        )
+        log.info("pool %s: %s", pool.name, message)
+        if self.events is not None and self.events_namespace:
+            ref = {
+                "apiVersion": API_VERSION,
+                "kind": "SandboxPool",
+                "metadata": {
+                    "name": pool.name,
+                    "namespace": self.events_namespace,
+                    "uid": pool.uid,
+                },
+            }
+            self.events.record(ref, "ScaledUp" if verb == "up" else "ScaledDown", message)
+
+    def _unplaced(self, pool: Pool) -> int:
+        return sum(
+            1
+            for p in self.cache.of_pool(pool.name)
+            if p.state == podspec.WARM and p.live and p.node is None and p.unschedulable is None
+        )
+
+    def _hold_while_unschedulable(self, pool: Pool, counts: Counts, missing: int) -> int:
+        """While pods wait for room, grow by one pod per backoff step, not by `missing`:
+        each would wait for the same room. The scheduler places the waiting ones when room
+        appears (a node added, a pod gone)."""
+        if not counts.unschedulable:
+            pool.unschedulable_streak, pool.grow_after = 0, 0.0
+            return missing
+        if missing <= 0:
+            return missing
+        now = clock.monotonic()
+        if now < pool.grow_after:
+            return 0
+        pool.unschedulable_streak += 1
+        pool.grow_after = now + backoff.delay(
+            pool.unschedulable_streak,
+            base=UNSCHEDULABLE_BASE_SECONDS,
+            cap=UNSCHEDULABLE_CAP_SECONDS,
+        )
+        return 1
 
     async def _delete_warm(self, pod: PodView) -> None:
         """Only if it is still the warm pod we saw: a claim in the meantime wins (409)."""
@@ -306,10 +456,21 @@ class PoolManager:
         metrics.POOL_READY.labels(pool.name).set(counts.ready)
         metrics.POOL_WARMING.labels(pool.name).set(counts.warming)
         metrics.POOL_CLAIMED.labels(pool.name).set(counts.claimed)
+        metrics.POOL_DESIRED.labels(pool.name).set(pool.target())
+        metrics.POOL_UNSCHEDULABLE.labels(pool.name).set(counts.unschedulable)
+        metrics.POOL_QUEUE_DEPTH.labels(pool.name).set(counts.queue)
+        metrics.POOL_IN_USE_RATIO.labels(pool.name).set(in_use_ratio(counts))
         status = {
             "ready": counts.ready,
             "warming": counts.warming,
             "claimed": counts.claimed,
+            "replicas": counts.ready + counts.warming,
+            "desired": pool.target(),
+            "unschedulable": counts.unschedulable,
+            "queueDepth": counts.queue,
+            "selector": f"{podspec.POOL_LABEL}={pool.name}",
+            "lastScaleReason": pool.scale_reason,
+            "lastScaleTime": pool.scale_time,
             "templateHash": pool.template,
             "observedGeneration": pool.generation,
         }
@@ -320,7 +481,13 @@ class PoolManager:
         if now - pool.last_report < STATUS_INTERVAL_SECONDS:
             pool.report_due = pool.last_report + STATUS_INTERVAL_SECONDS
             return
-        conditions = merge_conditions(pool.conditions, [ready_condition(pool, counts)])
+        unplaced = next(
+            (p.unschedulable for p in self.cache.of_pool(pool.name) if p.unschedulable), None
+        )
+        conditions = merge_conditions(
+            pool.conditions,
+            [ready_condition(pool, counts), schedulable_condition(pool, counts, unplaced)],
+        )
         body = {**status, "conditions": conditions}
         try:
             await self.kube.patch_status(SANDBOX_POOLS, pool.name, body)
@@ -336,3 +503,16 @@ class PoolManager:
         for pod in list(self.cache.pods.values()):
             if pod.pool not in self.pools and pod.state == podspec.WARM and not pod.deleting:
                 await self._delete_warm(pod)
+
+
+def _autoscaled(pool: Pool) -> bool:
+    return pool.spec.scaling is not None and pool.spec.scaling.mode == "Builtin"
+
+
+def in_use_ratio(counts: Counts) -> float:
+    """Running pods over running and ready ones, 1.0 when executions wait: the share of warm
+    capacity in use, the signal an HPA or KEDA scales on (docs/capacity.md)."""
+    if counts.queue:
+        return 1.0
+    busy = counts.claimed + counts.ready
+    return counts.claimed / busy if busy else 0.0

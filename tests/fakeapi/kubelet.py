@@ -158,8 +158,12 @@ class Kubelet:
         ready_after: float = 0.5,
         stop_after: float = 0.2,
         program: Program = default_program,
+        capacity: int | None = None,
     ) -> None:
         self.api, self.namespace = api, namespace
+        # Running pods the node holds; a pod beyond it stays Pending, unschedulable, until a
+        # running one ends (as the scheduler reports a full cluster).
+        self.capacity = capacity
         self.start_after, self.ready_after, self.stop_after = start_after, ready_after, stop_after
         self.program = program
         self.containers: dict[str, _Container] = {}
@@ -200,8 +204,34 @@ class Kubelet:
             c.tasks.append(loop.create_task(self._stop(name, min(grace, self.stop_after))))
         self._arm_deadline(c, obj)
 
+    def _full(self) -> bool:
+        running = sum(1 for c in self.containers.values() if c.state == "running")
+        return self.capacity is not None and running >= self.capacity
+
     async def _start(self, name: str) -> None:
         await asyncio.sleep(self.start_after)
+        marked = False
+        while self._full():
+            if self.api.read("pods", self.namespace, name) is None:
+                return
+            if not marked:
+                marked = True
+
+                def unschedulable(p: JSON) -> None:
+                    p["status"] = {
+                        "phase": "Pending",
+                        "conditions": [
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": "0/1 nodes are available: 1 Insufficient memory.",
+                            }
+                        ],
+                    }
+
+                self.api.put("pods", self.namespace, name, unschedulable)
+            await asyncio.sleep(1.0)
         now = clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
 
         def running(p: JSON) -> None:

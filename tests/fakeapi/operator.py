@@ -73,11 +73,20 @@ class Replica:
     def build(self) -> Runtime:
         kube, s = self.kube, self.settings
         cache = PodCache(kube, s.sandbox_namespace)
-        pools = PoolManager(kube, cache, s.sandbox_namespace, s.pool_selector)
+        events = Recorder(kube)
+        pools = PoolManager(
+            kube,
+            cache,
+            s.sandbox_namespace,
+            s.pool_selector,
+            events=events,
+            events_namespace=s.lease_namespace,
+        )
         pre = Preattacher(kube, cache, s.sandbox_namespace, serves=lambda p: p.pool in pools.pools)
         fence = self.elector.fence if self.elector else unfenced
         broker = Broker(kube, cache, s.sandbox_namespace, fence=fence)
-        self.rt = Runtime(s, kube, cache, pools, broker, Recorder(kube), pre, fence=fence)
+        pools.queue_depth = broker.waiting
+        self.rt = Runtime(s, kube, cache, pools, broker, events, pre, fence=fence)
         self.executions = Executions(self.rt)
         return self.rt
 

@@ -231,6 +231,21 @@ class PoolFairness(_Model):
     max_running_per_namespace: int | None = Field(default=None, ge=1)
 
 
+class PoolScaling(_Model):
+    """Bounds within which a pool's size follows demand (`spec.scaling`); unset: fixed `size`.
+
+    Builtin: the operator's autoscaler (autoscale.py) picks the size. External: `spec.size`,
+    written by `kubectl scale`, an HPA or KEDA through the scale subresource, is followed,
+    clamped to the bounds.
+    """
+
+    mode: Literal["Builtin", "External"] = "Builtin"
+    min_ready: int = Field(default=1, ge=0)
+    max_size: int = Field(default=10, ge=1)
+    cooldown_seconds: int = Field(default=300, ge=0)
+    headroom: int = Field(default=1, ge=0)
+
+
 class SandboxPoolSpec(_Model):
     language: Language
     image: str
@@ -252,6 +267,7 @@ class SandboxPoolSpec(_Model):
     preload: list[str] | None = None
     artifacts: PoolArtifacts | None = None
     fairness: PoolFairness = Field(default_factory=PoolFairness)
+    scaling: PoolScaling | None = None
 
 
 class SandboxRef(_Model):
