@@ -80,6 +80,16 @@ class Broker:
         q = self._queues.get(pool)
         return q.line.waiting() if q else 0
 
+    def demand(self, pool: str) -> int:
+        """Waiters of `pool` that more warm pods would serve now (fairness.servable)."""
+        q = self._queues.get(pool)
+        if q is None:
+            return 0
+        if q.cap is None:
+            return q.line.waiting()
+        holders = fairness.holding(self.cache.of_pool(pool))
+        return fairness.servable(q.line.waiting_by_namespace(), lambda ns: q.cap_of(holders, ns))
+
     def hold(self, pool: str, execution_uid: str) -> fairness.Hold | None:
         """Why this execution still waits (a pod, or its namespace's cap); None once it has a
         pod or is not waiting here."""

@@ -70,6 +70,10 @@ class FairQueue(Generic[T]):
     def waiting(self) -> int:
         return sum(1 for line in self._lines.values() for e in line if self._live(e.item))
 
+    def waiting_by_namespace(self) -> dict[str, int]:
+        found = {ns: sum(1 for e in line if self._live(e.item)) for ns, line in self._lines.items()}
+        return {ns: n for ns, n in found.items() if n}
+
     def ahead(self, namespace: str, item: T) -> int | None:
         """Live waiters of `namespace` in line before `item`; None when it is not in line."""
         line = self._lines.get(namespace, [])
@@ -132,6 +136,11 @@ class Cap:
     def used(self) -> int:
         return len(self.holders) + self.reserved
 
+    @property
+    def room(self) -> int | None:
+        """Claims the namespace may still make; None without a cap."""
+        return None if self.limit is None else max(0, self.limit - self.used)
+
     def admits(self, uid: str | None = None) -> bool:
         """One more claim fits (an execution that already holds a pod, retrying after a pod
         that never started its code, takes its own slot again)."""
@@ -146,6 +155,18 @@ class Cap:
         if self.limit is None or uid in self.holders:
             return False
         return self.used + ahead >= self.limit
+
+
+def servable(waiting: dict[str, int], cap: Callable[[str], Cap]) -> int:
+    """Waiting executions that more warm pods would serve now: a namespace at its cap adds
+    none, one below it at most the claims it has left. The pool's queue depth, as the
+    autoscaler and an external one (queueDepth, codeexec_pool_queue_depth) see it: waiters the
+    cap holds back would only leave new pods idle."""
+    total = 0
+    for namespace, count in waiting.items():
+        room = cap(namespace).room
+        total += count if room is None else min(count, room)
+    return total
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     preattach = Preattacher(kube, cache, ns, serves=lambda pod: pod.pool in pools.pools)
     broker = Broker(kube, cache, ns, fence=fence)
-    pools.queue_depth = broker.waiting
+    pools.queue_depth = broker.demand
     rt = Runtime(cfg, kube, cache, pools, broker, events, preattach, fence=fence)
     STATE.rt = rt
     STATE.executions = Executions(rt)

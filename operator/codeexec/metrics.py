@@ -66,7 +66,9 @@ POOL_UNSCHEDULABLE = Gauge(
     "codeexec_pool_unschedulable_pods", "Pods of the pool the scheduler cannot place", ["pool"]
 )
 POOL_QUEUE_DEPTH = Gauge(
-    "codeexec_pool_queue_depth", "Executions waiting for a pod of the pool", ["pool"]
+    "codeexec_pool_queue_depth",
+    "Executions waiting that more warm pods of the pool would serve (not those a cap holds back)",
+    ["pool"],
 )
 POOL_IN_USE_RATIO = Gauge(
     "codeexec_pool_in_use_ratio",

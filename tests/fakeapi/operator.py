@@ -85,7 +85,7 @@ class Replica:
         pre = Preattacher(kube, cache, s.sandbox_namespace, serves=lambda p: p.pool in pools.pools)
         fence = self.elector.fence if self.elector else unfenced
         broker = Broker(kube, cache, s.sandbox_namespace, fence=fence)
-        pools.queue_depth = broker.waiting
+        pools.queue_depth = broker.demand
         self.rt = Runtime(s, kube, cache, pools, broker, events, pre, fence=fence)
         self.executions = Executions(self.rt)
         return self.rt

@@ -185,3 +185,17 @@ def test_namespace_of_reads_the_claim_record() -> None:
     assert fairness.namespace_of("") is None
     assert fairness.namespace_of(None) is None
     assert fairness.namespace_of("noslash") is None
+
+
+def test_the_queue_depth_leaves_out_waiters_the_cap_holds_back() -> None:
+    caps = {
+        "a": Cap(2, frozenset({"x1", "x2"})),  # at its cap: none of its 30 would use a new pod
+        "b": Cap(2, frozenset({"y1"})),  # one slot left
+        "c": Cap(None),
+    }
+    assert fairness.servable({"a": 30, "b": 5, "c": 3}, caps.__getitem__) == 0 + 1 + 3
+    q = _queue()
+    for i in range(3):
+        q.push("a", float(i), i, W(f"a{i}", alive=i != 1))
+    q.push("b", 0.0, 9, W("b0"))
+    assert q.waiting_by_namespace() == {"a": 2, "b": 1}

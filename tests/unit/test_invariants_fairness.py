@@ -180,9 +180,7 @@ def test_deleted_executions_leak_no_slot() -> None:
         await vtime.settle(2.0)
         w.api.delete("codeexecutions", A, first)
         deleted_at = clock.monotonic()
-        await vtime.until(
-            lambda: w.phase(third, A) == "Running", limit=20.0, what="the third runs"
-        )
+        await vtime.until(lambda: w.phase(third, A) == "Running", limit=20.0, what="the third runs")
         assert clock.monotonic() - deleted_at < 10.0
         assert record.peaks[A] == 1, record.peaks
         assert op.rt is not None
@@ -273,5 +271,43 @@ def test_a_cancelled_waiter_gives_back_its_namespace_s_slot() -> None:
         except NoPodInTime as err:
             raise AssertionError("the cancelled waiter kept its namespace's slot") from err
         assert claimed.pod.name == "python-only"
+
+    vtime.run(scenario)
+
+
+def test_executions_held_by_the_cap_do_not_grow_an_autoscaled_pool() -> None:
+    """An autoscaled pool (1..12) with a cap of 2: A submits 30 long executions. Only two can
+    run, so the queue the autoscaler sees holds none of the others and the pool stays small;
+    every pod it added for them would sit warm and idle for the whole run.
+
+    Caught: with the queue depth wired to Broker.waiting (every waiter, capped or not), the
+    pool grew to its maximum, 12 pods, and this failed.
+    """
+
+    async def scenario() -> None:
+        w, record = _world(1, fairness={"maxRunningPerNamespace": 2})
+
+        def scaled(p: JSON) -> None:
+            p["spec"]["scaling"] = {"minReady": 1, "maxSize": 12, "cooldownSeconds": 60}
+
+        w.api.put("sandboxpools", "", "python", scaled)
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() >= 1)
+        peak = 0
+
+        def pods() -> int:
+            return sum(1 for p in w.pods() if not p["metadata"].get("deletionTimestamp"))
+
+        a = _submit(w, A, 30, "a", sleep=20.0)
+        for _ in range(600):  # a minute, sampled every 100 ms
+            await asyncio.sleep(0.1)
+            peak = max(peak, pods())
+        status = (w.api.read("sandboxpools", "", "python") or {}).get("status") or {}
+        print(f"capped tenant of 30: peak {peak} pods, queueDepth {status.get('queueDepth')}")
+        assert record.peaks[A] == 2, record.peaks
+        assert status.get("queueDepth") == 0, status
+        assert peak <= 2 + 1 + 2, peak  # A's two, the minimum, headroom and a warming spare
+        await _all_ended(w, A, a)
 
     vtime.run(scenario)
