@@ -1,6 +1,7 @@
 """`make scale`: restart the operator with thousands of executions in the cluster.
 
-    .venv/bin/python -m bench.scale [--smoke] [--finished 5000] [--pending 200] [--namespaces 20]
+    .venv/bin/python -m bench.scale [--smoke | --large] [--finished 5000] [--pending 200]
+                                    [--namespaces 20] [--ttl SECONDS]
 
 With the operator stopped, F finished executions (created, then given a terminal status
 through the status subresource, as the operator would have written it) and P pending ones
@@ -13,6 +14,10 @@ are spread over K namespaces. Then the operator starts and we measure:
   cluster-wide `apiserver_request_total` delta beside it (other clients included);
 - that nothing finished was processed again: every finished object's resourceVersion is the
   same after the run, and the operator finished exactly P executions.
+
+`--large` is issue 15's size: 50,000 finished + 1,000 pending in 100 namespaces (populating
+alone takes ~10 min). `--ttl` gives the finished ones a `ttlSecondsAfterFinished` (a day, say)
+so that the TTL janitor's own cost is in the figure.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from typing import Any
 
@@ -44,6 +50,7 @@ from bench.workload import (
     wait_no_foreign_operator,
     wait_pools_full,
 )
+from codeexec import finished as fin
 from codeexec import status as st
 from codeexec.api.models import ExecutionResult
 from codeexec.client import Client
@@ -108,7 +115,9 @@ async def with_retries(what: str, call: Any) -> Any:
     return None
 
 
-async def populate(kube: Kube, nss: list[str], finished: int, pending: int, conc: int) -> float:
+async def populate(
+    kube: Kube, nss: list[str], finished: int, pending: int, conc: int, ttl: int | None = None
+) -> float:
     client = Client(kube, nss[0])
     status = finished_status()
     t0 = time.monotonic()
@@ -116,9 +125,14 @@ async def populate(kube: Kube, nss: list[str], finished: int, pending: int, conc
 
     async def make_finished(i: int) -> None:
         nonlocal done
-        ns, name = nss[i % len(nss)], f"done-{i:05d}"
+        ns, name = nss[i % len(nss)], f"done-{i:06d}"
         body = client.manifest(
-            CODE, arguments={"n": i}, pool=POOL, name=name, labels={"bench-kind": "finished"}
+            CODE,
+            arguments={"n": i},
+            pool=POOL,
+            name=name,
+            labels={"bench-kind": "finished"},
+            ttl_seconds_after_finished=ttl,
         )
         await with_retries(name, lambda: kube.create(CODE_EXECUTIONS, body, ns))
         await with_retries(name, lambda: kube.patch_status(CODE_EXECUTIONS, name, status, ns))
@@ -183,6 +197,7 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
         "finished": args.finished,
         "pending": args.pending,
         "namespaces": args.namespaces,
+        "ttl_seconds_after_finished": args.ttl,
         "pool_size": args.pool_size,
         "queue_timeout_seconds": args.queue_timeout,
         "machine": machine_info(),
@@ -212,8 +227,11 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
             args.namespaces,
         )
         result["populate_seconds"] = round(
-            await populate(kube, nss, args.finished, args.pending, args.concurrency), 1
+            await populate(kube, nss, args.finished, args.pending, args.concurrency, args.ttl), 1
         )
+        # Whether the API server lets the operator leave finished executions out of its watch
+        # (Kubernetes 1.31+ with the CRD's selectableFields applied); the operator asks the same.
+        result["finished_left_out_of_the_watch"] = await fin.selectable(kube, tuple(nss))
         before = await snapshot(kube, nss)
         foreign = [
             k for k, v in before.items() if v["kind"] == "finished" and v["message"] != MARKER
@@ -357,6 +375,11 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="200 finished, 20 pending, 4 namespaces")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="50,000 finished, 1,000 pending, 100 namespaces (issue 15's size), pool of 10",
+    )
     p.add_argument("--finished", type=int, default=5000)
     p.add_argument("--pending", type=int, default=200)
     p.add_argument("--namespaces", type=int, default=20)
@@ -365,8 +388,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue-timeout", type=int, default=900, help="the pool's queueTimeoutSeconds")
     p.add_argument("--pending-timeout", type=float, default=900)
     p.add_argument("--settle", type=float, default=10, help="seconds before the final check")
+    p.add_argument("--ttl", type=int, default=None, help="ttlSecondsAfterFinished of each one")
     add_common_args(p)
     smoke_defaults(p, argv, finished=200, pending=20, namespaces=4, pending_timeout=300, settle=5)
+    if "--large" in (argv if argv is not None else sys.argv[1:]):
+        p.set_defaults(
+            finished=50_000,
+            pending=1_000,
+            namespaces=100,
+            pool_size=10,
+            concurrency=48,
+            pending_timeout=3600,
+        )
     return p.parse_args(argv)
 
 

@@ -1,9 +1,10 @@
 """Which executions are in flight in this process, and when finished ones expire.
 
-Fed by the watch of `CodeExecution`s: a non-terminal resource gets one task running its road
-(never two), a deleted one has its task cancelled and its pod released, a finished one with
-`ttlSecondsAfterFinished` is deleted when its time comes. Claimed pods whose execution ended or
-vanished while no operator was running are swept up.
+Fed by Kopf's watch of `CodeExecution`s still to finish and by the watch of finished ones
+(finished.py): a non-terminal resource gets one task running its road (never two), a deleted
+one has its task cancelled and its pod released, a finished one with `ttlSecondsAfterFinished`
+is deleted when its time comes. Claimed pods whose execution ended or vanished while no operator
+was running are swept up.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ RETRY_BASE_SECONDS, RETRY_CAP_SECONDS = 0.5, 30.0
 REFUSALS_BEFORE_GIVING_UP = 3
 # How often claimed pods are checked for an execution that no longer needs them.
 SWEEP_SECONDS = 60.0
+# An execution leaves Kopf's watch (a DELETED event, as for a deletion) once its terminal status
+# lands; its road then has two or three short calls left (the pod's finalizer and delete, an
+# Event: ~10-30 ms). Waited for this long before asking the API server whether it is gone.
+LEAVING_SECONDS = 5.0
 
 
 class _Gone(Exception):
@@ -49,25 +54,23 @@ class Executions:
         self._finished: dict[str, None] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._foreign: set[str] = set()  # pools of another installation, warned about once
+        # Kopf's watch leaves finished executions out (finished.ACTIVE): a DELETED event from it
+        # may then mean "finished" as well as "deleted", and the API server is asked which.
+        self.selective = False
 
     def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
         if event_type == "DELETED":
-            task = self.tasks.pop(uid, None)
-            if task is not None and not task.done():
-                task.cancel()
-            self.janitor.forget(uid)
-            self._release(uid)
-            self._spawn(self._forget_artifacts(body), f"artifacts/{uid}")
+            if not self.selective:
+                self._gone(body)
+            elif uid not in self._finished:  # ended here: it left the watch
+                self._spawn(self._confirm_gone(body), f"gone/{uid}")
             return
         if body["metadata"].get("deletionTimestamp"):
             return
         self._check_foreign(body)
         if is_terminal(body):
-            self.janitor.track(body)
-            if uid not in self._finished and uid not in self.tasks:
-                # Finished by an earlier process that may have died before deleting its pod.
-                self._release(uid)
+            self._seen_finished(body)
             return
         if uid in self._finished:
             return
@@ -76,6 +79,57 @@ class Executions:
             self.tasks[uid] = asyncio.create_task(
                 self._drive(body, clock.time()), name=f"execution/{uid}"
             )
+
+    def observe_finished(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """From the watch of finished executions (finished.FinishedWatch). A DELETED event there
+        is a deletion: an execution leaves that watch only if its status stops being terminal,
+        which no write of the operator does and tenants cannot do."""
+        if event_type == "DELETED":
+            self._gone(body)
+        elif is_terminal(body) and not body["metadata"].get("deletionTimestamp"):
+            self._check_foreign(body)
+            self._seen_finished(body)
+
+    def _seen_finished(self, body: dict[str, Any]) -> None:
+        uid = body["metadata"]["uid"]
+        self.janitor.track(body)
+        if uid not in self._finished and uid not in self.tasks:
+            # Finished by an earlier process that may have died before deleting its pod.
+            self._release(uid)
+
+    def _gone(self, body: dict[str, Any]) -> None:
+        """The execution was deleted: stop its road, free its pods, delete its S3 objects."""
+        uid = body["metadata"]["uid"]
+        task = self.tasks.pop(uid, None)
+        if task is not None and not task.done():
+            task.cancel()
+        self.janitor.forget(uid)
+        self._release(uid)
+        self._spawn(self._forget_artifacts(body), f"artifacts/{uid}")
+
+    async def _confirm_gone(self, body: dict[str, Any]) -> None:
+        """A DELETED event from the selective watch: deleted, or finished (its terminal status
+        took it out of the selection; the API server sends the object as it was before, so the
+        event cannot tell). Its own road ending here says finished; otherwise one GET does."""
+        uid = body["metadata"]["uid"]
+        task = self.tasks.get(uid)
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=LEAVING_SECONDS)
+        attempt = 0
+        while uid not in self._finished:
+            try:
+                now = await self._reload(body)
+            except _Gone:
+                self._gone(body)
+                return
+            except Exception as err:  # the API server is away: ask again later
+                attempt += 1
+                log.debug("execution %s: is it gone? %r", uid, err)
+                await backoff.sleep(attempt, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS)
+                continue
+            if now["metadata"].get("uid") != uid:  # deleted, and its name taken again
+                self._gone(body)
+            return
 
     def _check_foreign(self, body: dict[str, Any]) -> None:
         """An execution placed on a pool this installation does not serve was run by another

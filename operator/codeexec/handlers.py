@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from codeexec import metrics, podspec, watchdog, web
+from codeexec import finished, metrics, podspec, watchdog, web
 from codeexec.api.models import GROUP, VERSION, SandboxPoolSpec
 from codeexec.claim import Broker
 from codeexec.controller import Executions
@@ -45,6 +45,7 @@ class State:
     web: Any
     watchdog: watchdog.Watchdog | None = None
     watchdog_task: asyncio.Task[None] | None = None
+    closing: list[Kube]
 
 
 STATE = State()
@@ -103,7 +104,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     # Every watch event runs a handler; "succeeded" lines for each would drown the log.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    settings.batching.idle_timeout = 60.0
+    settings.queueing.idle_timeout = 60.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Scanning lets Kopf follow namespace globs (`team-*`); exact names and cluster-wide
@@ -115,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kopfjson.install()
     kube = Kube(config.load(), component="operator", observe=metrics.api_request)
     STATE.tasks = []
+    STATE.closing = []
     dog = watchdog.Watchdog(lambda: STATE.tasks, _stop)
     dog.listen_to_kopf()
     STATE.watchdog = dog
@@ -180,7 +182,23 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await pools.initial_sync()
     await asyncio.wait_for(cache.synced.wait(), timeout=60)
     await pools.collect_orphans()
+    await _leave_finished_out(settings, cfg, kube)
     ready.set()
+
+
+async def _leave_finished_out(settings: kopf.OperatorSettings, cfg: Settings, kube: Kube) -> None:
+    """Kopf watches only executions still to finish; finished ones come from a watch of their
+    own (finished.py), on a session of its own: one long request per served namespace must not
+    take the connections the road's calls need."""
+    if not await finished.selectable(kube, cfg.namespaces):
+        return
+    settings.watching.field_selectors[GROUP, "codeexecutions"] = finished.ACTIVE
+    STATE.executions.selective = True
+    own = Kube(config.load(), pool_size=0, component="operator", observe=metrics.api_request)
+    STATE.closing.append(own)
+    watch = finished.FinishedWatch(own, cfg.namespaces, STATE.executions.observe_finished)
+    name = "finished-executions"
+    STATE.tasks.append(asyncio.create_task(supervise(name, watch.run), name=name))
 
 
 def _served_specs(pools: PoolManager) -> dict[str, SandboxPoolSpec]:
@@ -223,6 +241,8 @@ async def cleanup(**_: Any) -> None:
     await STATE.rt.events.drain()
     await STATE.web.cleanup()
     await STATE.rt.kube.close()
+    for kube in STATE.closing:
+        await kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, "sandboxpools")

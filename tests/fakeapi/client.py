@@ -104,7 +104,14 @@ class FakeKube(Kube):
         if verb == "get":
             out = api.get(plural, ns, name)
         elif verb == "list":
-            out = api.list(plural, ns, str(params.get("labelSelector") or ""))
+            out = api.list(
+                plural,
+                ns,
+                str(params.get("labelSelector") or ""),
+                str(params.get("fieldSelector") or ""),
+                int(params.get("limit") or 0),
+                str(params.get("continue") or ""),
+            )
         elif verb == "create":
             out = api.create(plural, ns, body)
         elif verb == "patch":
@@ -128,7 +135,12 @@ class FakeKube(Kube):
     ) -> AsyncIterator[JSON]:
         await self._gate(Call("watch", res.plural, namespace or "", ""))
         stream = self.api.watch(
-            res.plural, namespace or "", resource_version, label_selector or "", timeout_seconds
+            res.plural,
+            namespace or "",
+            resource_version,
+            label_selector or "",
+            timeout_seconds,
+            field_selector or "",
         )
         async for event in stream:
             if self.cut:

@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
+from codeexec import finished
 from codeexec.claim import Broker
 from codeexec.controller import Executions
 from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Resource
@@ -69,6 +70,7 @@ class Replica:
         self.tasks: list[asyncio.Task[None]] = []
         self.rt: Runtime | None = None
         self.executions: Executions | None = None
+        self.finished: finished.FinishedWatch | None = None
 
     def build(self) -> Runtime:
         kube, s = self.kube, self.settings
@@ -117,9 +119,23 @@ class Replica:
         await rt.pools.initial_sync()
         await rt.cache.synced.wait()
         await rt.pools.collect_orphans()
+        # As handlers._leave_finished_out: Kopf's watch without the finished ones, and theirs.
+        selector = ""
+        if await finished.selectable(self.kube, self.settings.namespaces):
+            selector = finished.ACTIVE
+            self.executions.selective = True
+            self.finished = finished.FinishedWatch(
+                self.kube, self.settings.namespaces, self.executions.observe_finished
+            )
+            self.tasks.append(
+                spawn(supervise("finished", self.finished.run), name=f"{self.name}/finished")
+            )
         self.tasks += [
             spawn(self._feed(SANDBOX_POOLS, self._pool_event), name=f"{self.name}/pools"),
-            spawn(self._feed(CODE_EXECUTIONS, self._execution_event), name=f"{self.name}/ex"),
+            spawn(
+                self._feed(CODE_EXECUTIONS, self._execution_event, selector),
+                name=f"{self.name}/ex",
+            ),
         ]
 
     def _pool_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -133,16 +149,18 @@ class Replica:
         assert self.executions is not None
         self.executions.observe(type_, body)
 
-    async def _feed(self, res: Resource, handle: Any) -> None:
+    async def _feed(self, res: Resource, handle: Any, fields: str = "") -> None:
         """What Kopf does for an @on.event handler: list, then watch, re-listing on 410."""
         while True:
             try:
-                listing = await self.kube.list(res)
+                listing = await self.kube.list(res, field_selector=fields)
                 for item in listing["items"]:
                     handle(None, item)
                 rv = listing["metadata"]["resourceVersion"]
                 while True:
-                    async for ev in self.kube.watch(res, resource_version=rv):
+                    async for ev in self.kube.watch(
+                        res, resource_version=rv, field_selector=fields
+                    ):
                         rv = ev["object"]["metadata"]["resourceVersion"]
                         handle(ev["type"], ev["object"])
             except asyncio.CancelledError:

@@ -2,8 +2,10 @@
 
 Resource versions (one counter, like etcd's revision), 409 on a stale conditional write (a
 merge patch carrying metadata.resourceVersion, a delete with preconditions), merge and JSON
-patches, the status subresource, finalizers and graceful deletion, label selectors, and
-list+watch with a bounded event history (410 Gone past it). Faults are injected per call:
+patches, the status subresource, finalizers and graceful deletion, label and field selectors
+(a CRD's selectable fields), and list+watch with a bounded event history (410 Gone past it). A
+watch with a selector sees what the API server's watch cache sends: ADDED when a change brings
+an object into the selection, DELETED (with the object as it was before) when one takes it out. Faults are injected per call:
 an error, latency, a call that hangs, or a write applied whose answer is lost.
 """
 
@@ -24,6 +26,9 @@ JSON = dict[str, Any]
 Key = tuple[str, str, str]  # (plural, namespace or "", name)
 
 HISTORY = 10_000
+# The fields a field selector may name besides metadata.name/namespace, per resource: the
+# CodeExecution CRD's `selectableFields` (crds/codeexec.io_codeexecutions.yaml).
+SELECTABLE = {"codeexecutions": ("status.phase",)}
 # What a patch cannot change (a main-resource write also leaves status alone).
 _FIXED_META = (
     "uid",
@@ -58,6 +63,7 @@ class _Event:
     key: Key
     obj: JSON
     at: float
+    prev: JSON | None = None  # a MODIFIED object as it was before the change
 
 
 @dataclass(eq=False)
@@ -65,6 +71,7 @@ class _Watcher:
     plural: str
     namespace: str
     selector: str
+    fields: str = ""
     queue: asyncio.Queue[_Event | None] = field(default_factory=asyncio.Queue)
 
 
@@ -89,6 +96,37 @@ def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:
                 return False
             continue
         if labels.get(k.strip()) != v.lstrip("=").strip():
+            return False
+    return True
+
+
+def _field(obj: JSON, path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)  # absent reads as "", as the API server has it
+
+
+def parse_fields(plural: str, selector: str, selectable: dict[str, tuple[str, ...]]) -> None:
+    """A selector naming a field the resource does not make selectable is a 400, like the API
+    server's (`field label not supported`); so is one on an API server without selectable
+    fields for CRDs (before Kubernetes 1.31)."""
+    allowed = ("metadata.name", "metadata.namespace", *selectable.get(plural, ()))
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
+        name = term.split("!=", 1)[0] if "!=" in term else term.split("=", 1)[0]
+        if "=" not in term or name.strip() not in allowed:
+            raise status(400, "BadRequest", f'field label not supported: "{name.strip()}"')
+
+
+def fields_match(selector: str, obj: JSON) -> bool:
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if _field(obj, k.strip()) == v.strip():
+                return False
+            continue
+        k, _, v = term.partition("=")
+        if _field(obj, k.strip()) != v.lstrip("=").strip():
             return False
     return True
 
@@ -163,6 +201,7 @@ class FakeApi:
         self._names = itertools.count(1)
         self.stopped: set[Key] = set()  # deleted for good, waiting only on finalizers
         self._compacted = 0
+        self.selectable = dict(SELECTABLE)  # {} is an API server before Kubernetes 1.31
 
     # --- faults --------------------------------------------------------------------------------
 
@@ -231,30 +270,52 @@ class FakeApi:
         self.rv += 1
         return str(self.rv)
 
-    def _emit(self, type_: str, key: Key, obj: JSON) -> None:
+    def _emit(self, type_: str, key: Key, obj: JSON, prev: JSON | None = None) -> None:
         ev = _Event(
             int(obj["metadata"]["resourceVersion"]),
             type_,
             key,
             copy.deepcopy(obj),
             clock.monotonic(),
+            copy.deepcopy(prev) if prev is not None else None,
         )
         self.history.append(ev)
         del self.history[:-HISTORY]
         for w in list(self.watchers):
-            if self._matches(w, ev):
-                w.queue.put_nowait(ev)
+            seen = self._seen_by(w, ev)
+            if seen is not None:
+                w.queue.put_nowait(seen)
         for hook in list(self.hooks):
             hook(type_, obj)
 
     @staticmethod
-    def _matches(w: _Watcher, ev: _Event) -> bool:
-        plural, ns, _ = ev.key
+    def _selects(w: _Watcher, key: Key, obj: JSON) -> bool:
+        plural, ns, _ = key
         return (
             plural == w.plural
             and (not w.namespace or ns == w.namespace)
-            and selector_matches(w.selector, ev.obj["metadata"].get("labels"))
+            and selector_matches(w.selector, obj["metadata"].get("labels"))
+            and fields_match(w.fields, obj)
         )
+
+    @classmethod
+    def _seen_by(cls, w: _Watcher, ev: _Event) -> _Event | None:
+        """The event as this watcher gets it (the watch cache's rule): a change into the
+        selection is ADDED, one out of it DELETED carrying the object as it was before (at the
+        new resourceVersion), one outside it nothing."""
+        now = ev.type != "DELETED" and cls._selects(w, ev.key, ev.obj)
+        before = ev.prev if ev.type == "MODIFIED" else ev.obj if ev.type == "DELETED" else None
+        was = before is not None and cls._selects(w, ev.key, before)
+        if now and (was or ev.type == "ADDED"):
+            return ev
+        if now:
+            return _Event(ev.rv, "ADDED", ev.key, ev.obj, ev.at)
+        if was and ev.type == "MODIFIED":
+            assert before is not None
+            gone = copy.deepcopy(before)
+            gone["metadata"]["resourceVersion"] = str(ev.rv)
+            return _Event(ev.rv, "DELETED", ev.key, gone, ev.at)
+        return ev if was else None
 
     def read(self, plural: str, namespace: str, name: str) -> JSON | None:
         obj = self.objects.get((plural, namespace, name))
@@ -273,13 +334,29 @@ class FakeApi:
             raise status(404, "NotFound", f'{plural} "{name}" not found')
         return obj
 
-    def list(self, plural: str, namespace: str, selector: str = "") -> JSON:
+    def list(
+        self,
+        plural: str,
+        namespace: str,
+        selector: str = "",
+        fields: str = "",
+        limit: int = 0,
+        token: str = "",
+    ) -> JSON:
+        """With `limit`, one page and a `continue` token for the next (a position here)."""
+        parse_fields(plural, fields, self.selectable)
         items = [
             o
             for o in self.of(plural, namespace)
-            if selector_matches(selector, o["metadata"].get("labels"))
+            if selector_matches(selector, o["metadata"].get("labels")) and fields_match(fields, o)
         ]
-        return {"items": items, "metadata": {"resourceVersion": str(self.rv)}}
+        meta: JSON = {"resourceVersion": str(self.rv)}
+        if limit:
+            start = int(token or 0)
+            if start + limit < len(items):
+                meta["continue"] = str(start + limit)
+            items = items[start : start + limit]
+        return {"items": items, "metadata": meta}
 
     def create(self, plural: str, namespace: str, body: JSON) -> JSON:
         obj = copy.deepcopy(body)
@@ -333,7 +410,7 @@ class FakeApi:
         if key in self.stopped and not new["metadata"].get("finalizers"):
             return self._remove(key, new)
         self.objects[key] = new
-        self._emit("MODIFIED", key, new)
+        self._emit("MODIFIED", key, new, old)
         return copy.deepcopy(new)
 
     def _remove(self, key: Key, obj: JSON) -> JSON:
@@ -435,15 +512,23 @@ class FakeApi:
             w.queue.put_nowait(None)
 
     async def watch(
-        self, plural: str, namespace: str, since: str, selector: str, timeout: float
+        self,
+        plural: str,
+        namespace: str,
+        since: str,
+        selector: str,
+        timeout: float,
+        fields: str = "",
     ) -> AsyncIterator[JSON]:
+        parse_fields(plural, fields, self.selectable)
         start = int(since) if since.isdigit() else self.rv
         if start < self._compacted or (self.history and start < self.history[0].rv - 1):
             raise status(410, "Expired", f"too old resource version: {start}")
-        w = _Watcher(plural, namespace, selector)
+        w = _Watcher(plural, namespace, selector, fields)
         for ev in self.history:
-            if ev.rv > start and self._matches(w, ev):
-                w.queue.put_nowait(ev)
+            seen = self._seen_by(w, ev) if ev.rv > start else None
+            if seen is not None:
+                w.queue.put_nowait(seen)
         self.watchers.add(w)
         ends = clock.monotonic() + timeout
         try:

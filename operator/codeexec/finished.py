@@ -1,0 +1,140 @@
+"""Finished executions out of the operator's memory: the field selectors that split the
+CodeExecution watch in two, and the cheap list+watch of finished ones behind the TTL janitor.
+
+The CRD makes `.status.phase` selectable (crds/, `selectableFields`). Kopf's watch asks only for
+executions not yet finished; a finished one costs Kopf nothing (no per-object worker, no
+memory). Only the operator writes the status subresource (tenants' `edit` has no
+`codeexecutions/status`), so a tenant cannot move an execution from one watch to the other.
+
+Finished ones are listed page by page and watched here, and each body is handed on and dropped:
+the janitor keeps a timer per execution with a TTL, nothing else is kept. API servers before
+Kubernetes 1.31 have no selectable fields for CRDs (a 400): then Kopf watches everything, as
+before, and this watch does not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from codeexec import backoff
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
+
+log = logging.getLogger(__name__)
+
+# Kopf's watch: what still needs the operator. `status.phase` is an enum (Pending, Running,
+# Succeeded, Failed) and absent until the first status write; an absent field selects as "".
+ACTIVE = "status.phase!=Succeeded,status.phase!=Failed"
+# Its exact complement (field selectors have no set terms): every object is in one of the two.
+FINISHED = "status.phase!=,status.phase!=Pending,status.phase!=Running"
+# Bodies decoded at once while listing: 500 finished ones are ~2.5 MB of JSON, ~10 MB as Python
+# objects, freed before the next page (a whole 50,000 listing at once would be ~1 GB).
+PAGE = 500
+
+Handle = Callable[[str | None, dict[str, Any]], None]
+
+
+def _globs(namespaces: tuple[str, ...]) -> bool:
+    return any(ch in "".join(namespaces) for ch in "*?[!")
+
+
+def where(namespaces: tuple[str, ...]) -> list[str | None]:
+    """Where to list and watch: each named namespace (RoleBindings there only), else the
+    whole cluster (all namespaces, or globs: both need a ClusterRoleBinding)."""
+    if namespaces and not _globs(namespaces):
+        return list(namespaces)
+    return [None]
+
+
+def serves(namespaces: tuple[str, ...]) -> Callable[[str], bool]:
+    if not _globs(namespaces):
+        return lambda ns: True
+    return lambda ns: any(fnmatch.fnmatchcase(ns, p) for p in namespaces)
+
+
+async def selectable(kube: Kube, namespaces: tuple[str, ...]) -> bool:
+    """Whether the API server selects executions by `status.phase` (one LIST of one item).
+    Any failure answers no: watching everything is always correct, only dearer."""
+    try:
+        await kube.request(
+            "GET",
+            CODE_EXECUTIONS.path(where(namespaces)[0]),
+            params={"fieldSelector": ACTIVE, "limit": 1},
+            verb="list",
+        )
+    except Exception as err:  # 400 "field label not supported": before 1.31, or an old CRD
+        log.warning(
+            "the API server cannot select executions by phase (%r): finished executions stay "
+            "in the operator's watch and memory; apply the current CRDs (Kubernetes 1.31+)",
+            err,
+        )
+        return False
+    return True
+
+
+class FinishedWatch:
+    """List+watch of finished executions in every served namespace; `handle(type, body)` gets
+    each (type None while listing) and keeps what it needs."""
+
+    def __init__(self, kube: Kube, namespaces: tuple[str, ...], handle: Handle) -> None:
+        self.kube = kube
+        self.where = where(namespaces)
+        self.serves = serves(namespaces)
+        self.handle = handle
+        self.synced = asyncio.Event()
+        self._listed: set[str | None] = set()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._follow(ns) for ns in self.where))
+
+    async def _follow(self, namespace: str | None) -> None:
+        failures = 0
+        rv: str | None = None
+        while True:
+            try:
+                if rv is None:
+                    rv = await self._list(namespace)
+                async for event in self.kube.watch(
+                    CODE_EXECUTIONS, namespace, resource_version=rv, field_selector=FINISHED
+                ):
+                    failures = 0
+                    obj = event.get("object") or {}
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._hand(event["type"], obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the API server away, a broken stream: watch again
+                if isinstance(err, ApiError) and err.status == 410:
+                    rv = None  # too old: list again (the janitor takes each one once)
+                    continue
+                failures += 1
+                log.warning("watch of finished executions in %s: %r", namespace or "*", err)
+                await backoff.sleep(failures, base=1.0, cap=30.0)
+
+    async def _list(self, namespace: str | None) -> str:
+        """Lists page by page, handing each item on; the first page's resourceVersion."""
+        params: dict[str, str | int] = {"fieldSelector": FINISHED, "limit": PAGE}
+        path = CODE_EXECUTIONS.path(namespace)
+        page = await self.kube.request("GET", path, params=params, verb="list")
+        rv = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        while True:
+            for item in page.get("items") or []:
+                self._hand(None, item)
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+            page = await self.kube.request(
+                "GET", path, params={**params, "continue": token}, verb="list"
+            )
+        self._listed.add(namespace)
+        if len(self._listed) == len(self.where):
+            self.synced.set()
+        return rv
+
+    def _hand(self, type_: str | None, body: dict[str, Any]) -> None:
+        if self.serves(str((body.get("metadata") or {}).get("namespace") or "")):
+            self.handle(type_, body)

@@ -1,0 +1,237 @@
+"""Finished executions cost the operator nothing: they leave its watch without being mistaken
+for deletions, a restart never touches them, and what a deletion must clean up is still
+cleaned up (fake API server, virtual time)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from codeexec import controller, finished
+from tests.fakeapi import vtime
+from tests.fakeapi.client import FakeKube
+from tests.fakeapi.operator import TENANT, Replica
+from tests.fakeapi.server import FakeApi
+from tests.fakeapi.world import TERMINAL, World
+
+
+def _spy_forget(rep: Replica) -> list[str]:
+    """The uids whose artifacts the replica deletes (artifacts/stores.forget)."""
+    assert rep.executions is not None
+    forgotten: list[str] = []
+
+    async def forget(body: dict[str, Any], pools: Any) -> None:
+        forgotten.append(body["metadata"]["uid"])
+
+    rep.executions.road.stores.forget = forget  # type: ignore[method-assign]
+    return forgotten
+
+
+def _spy_observed(rep: Replica) -> list[str | None]:
+    """The phases of the bodies Kopf's watch hands to the operator."""
+    seen: list[str | None] = []
+    handle = rep._execution_event
+
+    def observe(type_: str | None, body: dict[str, Any]) -> None:
+        seen.append((body.get("status") or {}).get("phase"))
+        handle(type_, body)
+
+    rep._execution_event = observe  # type: ignore[method-assign]
+    return seen
+
+
+def _reads(w: World, client: str) -> int:
+    return sum(
+        1
+        for c in w.api.calls
+        if c.client == client and c.plural == "codeexecutions" and c.verb == "get"
+    )
+
+
+def test_finishing_is_not_a_deletion() -> None:
+    """The terminal status takes an execution out of the operator's watch: the API server sends
+    DELETED for it. That must delete no artifact, ask the API server nothing, and leave no
+    claimed pod behind.
+
+    Caught: handling that DELETED as a deletion (dropping the `selective` branch of
+    Executions.observe) deleted the artifacts of all 5."""
+
+    async def scenario() -> None:
+        w = World(pool_size=2)
+        a = Replica(w.api, "op-a")
+        a.build()
+        forgotten = _spy_forget(a)
+        await a.start()
+        assert a.executions is not None and a.executions.selective
+        names = [w.submit(i)["metadata"]["name"] for i in range(5)]
+        await w.wait_finished(*names)
+        await vtime.settle(controller.LEAVING_SECONDS + 5)
+        assert forgotten == []
+        assert _reads(w, "op-a") == 0, "finishing cost a GET"
+        assert w.claimed_live() == []
+        assert a.executions.tasks == {}
+        assert [w.phase(n) for n in names] == ["Succeeded"] * 5
+
+    vtime.run(scenario)
+
+
+def test_deleting_a_finished_execution_still_deletes_its_artifacts() -> None:
+    """A finished execution is no longer in Kopf's watch; its deletion still reaches the
+    operator (the watch of finished ones) and its S3 objects go with it, once.
+
+    Caught: ignoring DELETED in Executions.observe_finished left them."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        a = Replica(w.api, "op-a")
+        a.build()
+        forgotten = _spy_forget(a)
+        await a.start()
+        ex = w.submit(1)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await w.wait_finished(name)
+        await vtime.settle(1.0)
+        w.api.delete("codeexecutions", TENANT, name)
+        await vtime.until(lambda: forgotten == [uid], what="its artifacts deleted")
+        await vtime.settle(controller.LEAVING_SECONDS + 5)
+        assert forgotten == [uid]
+
+    vtime.run(scenario)
+
+
+def test_deleting_a_running_execution_stops_it_and_frees_its_pod() -> None:
+    """A deletion of a running execution looks the same as finishing on the selective watch;
+    one GET tells them apart: its road is stopped, its pod freed, its artifacts deleted, and
+    nothing is written to it.
+
+    Caught: returning on every DELETED of the selective watch kept the pod claimed until the
+    code ended (30 s)."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        a = Replica(w.api, "op-a")
+        a.build()
+        forgotten = _spy_forget(a)
+        await a.start()
+        await vtime.until(lambda: w.warm_ready() == 1)
+        ex = w.submit(1, sleep=30.0)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await vtime.until(lambda: len(w.kubelet.started_for(uid)) == 1, what="the code started")
+        w.api.delete("codeexecutions", TENANT, name)
+        await vtime.until(
+            lambda: not w.claimed_live(uid), limit=controller.LEAVING_SECONDS + 5, what="pod freed"
+        )
+        assert forgotten == [uid]
+        assert a.executions is not None and uid not in a.executions.tasks
+        assert len(w.kubelet.started_for(uid)) == 1
+
+    vtime.run(scenario)
+
+
+def test_a_restart_touches_no_finished_execution_and_their_ttls_still_run() -> None:
+    """A new operator with finished executions in the cluster: Kopf's watch hands it none of
+    them, it writes to none of them, and the TTL janitor (fed by the watch of finished ones)
+    still deletes those with a TTL when it is due, and only those.
+
+    Caught: without the field selector on the fake Kopf feed, the 12 finished ones reached
+    Executions.observe."""
+
+    async def scenario() -> None:
+        w = World(pool_size=2)
+        a = Replica(w.api, "op-a")
+        await a.start()
+        ttl = [w.submit(i, ttlSecondsAfterFinished=600)["metadata"]["name"] for i in range(8)]
+        keep = [w.submit(i)["metadata"]["name"] for i in range(4)]
+        await w.wait_finished(*ttl, *keep)
+        await a.crash()
+        before = {n: w.execution(n)["metadata"]["resourceVersion"] for n in keep}  # type: ignore[index]
+        b = Replica(w.api, "op-b")
+        b.build()
+        observed = _spy_observed(b)
+        await b.start()
+        pending = w.submit(99)["metadata"]["name"]
+        await w.wait_finished(pending)
+        await vtime.settle(5.0)
+        assert not [p for p in observed if p in TERMINAL]
+        writes = [
+            c
+            for c in w.api.calls
+            if c.client == "op-b"
+            and c.plural == "codeexecutions"
+            and c.verb in ("patch", "delete")
+            and c.name != pending
+        ]
+        assert writes == []
+        await vtime.settle(700.0)
+        assert [w.execution(n) for n in ttl] == [None] * 8
+        after = {n: w.execution(n)["metadata"]["resourceVersion"] for n in keep}  # type: ignore[index]
+        assert after == before
+
+    vtime.run(scenario)
+
+
+def test_an_api_server_without_selectable_fields_is_served_as_before() -> None:
+    """Kubernetes 1.29-1.30 cannot select executions by phase (the probe gets a 400): the
+    operator watches every execution as before, and a deletion is acted on at once.
+
+    Caught: skipping the probe (always selective) made the watch fail with 400 and nothing ran."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        w.api.selectable = {}
+        a = Replica(w.api, "op-a")
+        a.build()
+        forgotten = _spy_forget(a)
+        await a.start()
+        assert a.executions is not None and not a.executions.selective
+        done = w.submit(1)["metadata"]["name"]
+        await w.wait_finished(done)
+        await vtime.settle(2.0)
+        assert forgotten == []
+        ex = w.submit(2, sleep=30.0)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await vtime.until(lambda: len(w.kubelet.started_for(uid)) == 1, what="the code started")
+        w.api.delete("codeexecutions", TENANT, name)
+        await vtime.until(lambda: not w.claimed_live(uid), limit=2.0, what="pod freed at once")
+        assert forgotten == [uid]
+
+    vtime.run(scenario)
+
+
+def test_the_finished_watch_hands_on_each_one_once_page_by_page_and_after_a_410() -> None:
+    """1,200 finished executions are listed 500 at a time (no page of bodies kept), each handed
+    to the janitor once; an expired watch (410) lists again, and a deletion after it still
+    arrives. Only the served namespaces' are handed on (globs).
+
+    Caught: stopping after the first page left 700 without their TTL timer."""
+
+    async def scenario() -> None:
+        api = FakeApi()
+        for ns in ("team-a", "other"):
+            api.create("namespaces", "", {"metadata": {"name": ns}})
+        for i in range(1_200):
+            ns = "team-a" if i % 4 else "other"
+            api.create("codeexecutions", ns, {"metadata": {"name": f"x-{i}"}, "spec": {}})
+            api.patch(
+                "codeexecutions", ns, f"x-{i}", {"status": {"phase": "Failed"}}, "merge", "status"
+            )
+        api.create("codeexecutions", "team-a", {"metadata": {"name": "live"}, "spec": {}})
+        seen: list[tuple[str | None, str]] = []
+        watch = finished.FinishedWatch(
+            FakeKube(api, "op"), ("team-*",), lambda t, b: seen.append((t, b["metadata"]["name"]))
+        )
+        task = asyncio.get_running_loop().create_task(watch.run())
+        await vtime.until(watch.synced.is_set, what="listed")
+        lists = [c for c in api.calls if c.verb == "list"]
+        assert len(lists) == 3  # 1,201 objects in pages of 500
+        assert sorted(n for _, n in seen) == sorted(f"x-{i}" for i in range(1_200) if i % 4)
+        api.close_watches()
+        api.create("namespaces", "", {"metadata": {"name": "later"}})  # history moves on
+        api.compact()  # the watch from before is 410 Gone now
+        relisted = lambda: len([c for c in api.calls if c.verb == "list"]) == 6  # noqa: E731
+        await vtime.until(relisted, what="listed again after the 410")
+        api.delete("codeexecutions", "team-a", "x-1")
+        await vtime.until(lambda: ("DELETED", "x-1") in seen, what="the deletion after a 410")
+        task.cancel()
+
+    vtime.run(scenario)
