@@ -62,8 +62,9 @@ bench-deps: venv
 	$(VENV)/bin/pip install -q 'matplotlib>=3.8'
 
 .PHONY: bench
-bench: bench-deps cluster-up images ## warm vs cold latency, throughput vs raw pod churn, operator cost -> bench/results.*
+bench: bench-deps cluster-up images ## warm vs cold latency, throughput vs raw pod churn, operator cost, autoscaled pools -> bench/results.*
 	$(PY) -m bench
+	$(PY) -m bench.capacity
 
 .PHONY: chaos
 chaos: venv tools cluster-up images ## executions under fire: operator kills, pod deletions, 7 cluster faults (disruptive)
@@ -76,6 +77,7 @@ scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operat
 .PHONY: bench-smoke
 bench-smoke: bench-deps tools cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
 	$(PY) -m bench --smoke
+	$(PY) -m bench.capacity --smoke
 	$(PY) -m bench.chaos --smoke
 	$(PY) -m bench.scale --smoke
 

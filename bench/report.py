@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import runtimes
+from bench import capacity, runtimes
 from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
 
 log = logging.getLogger("bench")
@@ -513,6 +513,8 @@ def write_all(smoke: bool) -> None:
         parts.append(render_chaos(doc["chaos"]))
     if "scale" in doc:
         parts.append(render_scale(doc["scale"]))
+    if "capacity" in doc:
+        parts.append(capacity.render(doc["capacity"]))
     _, md = results_paths(smoke)
     md.write_text("\n".join(parts) + "\n")
     if "bench" in doc:

@@ -34,6 +34,10 @@ WARMUP_WEIGHT = 0.25
 # 8 pods, a clump of 9 or more in one warm-up is about 1 in 100), so the queue term rarely
 # swings the size under a steady rate.
 SPREAD = 2.0
+# Below half an arrival per warm-up there is no steady demand to stock for (one execution in
+# three minutes on a pod that warms in 10 s is 0.06): the waiting executions are the demand,
+# and a pool with minimum 0 goes back to zero.
+STEADY_MEAN = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,15 @@ Recommendations = tuple[tuple[float, int], ...]
 def need(obs: Observation, headroom: int) -> int:
     """Warm pods that serve the observed demand without waiting (unbounded).
 
-    The expected arrivals during one warm-up are rounded to the nearest pod, not up: one
-    execution a minute on a pod that warms in 5 s (0.08) is no steady demand, and the waiting
-    execution is counted by the queue term. Headroom is added only while there is steady
-    demand, so a pool with minimum 0 goes back to zero.
+    The pods for the arrivals expected during one warm-up (their mean plus SPREAD standard
+    deviations), plus headroom, once the mean reaches STEADY_MEAN; the queue when it is
+    larger (a burst), or alone when there is no steady demand.
     """
     mean = obs.arrival_rate * obs.warmup_seconds
+    if mean < STEADY_MEAN:
+        return obs.queue
     during_warmup = math.floor(mean + SPREAD * math.sqrt(mean) + 0.5)
-    return max(obs.queue, during_warmup) + (headroom if during_warmup > 0 else 0)
+    return max(obs.queue, during_warmup) + headroom
 
 
 def decide(

@@ -82,6 +82,14 @@ def test_one_execution_on_an_empty_pool_asks_for_one_pod_and_no_headroom() -> No
     assert (waiting.desired, served.desired, later.desired) == (1, 1, 0)
 
 
+def test_a_lone_arrival_on_a_slow_warming_pool_is_no_steady_demand() -> None:
+    """Measured on the test bed before the STEADY_MEAN threshold: one execution in 180 s, the
+    10 s default warm-up, gave 0.06 + 2 x 0.24 -> 1 pod plus headroom, so an empty pool
+    started 2 pods for one execution."""
+    for warmup in (5.0, 10.0, 30.0):
+        assert need(_obs(0.0, rate=1 / 180, warmup=warmup, queue=1), headroom=1) == 1
+
+
 def test_steady_demand_stocks_the_arrivals_of_one_warm_up_plus_their_spread() -> None:
     # 1/s for 4 s of warm-up: 4 expected, 2 standard deviations (2 x 2) above, 1 headroom.
     assert need(_obs(0.0, rate=1.0, warmup=4.0), headroom=1) == 4 + 4 + 1
