@@ -74,6 +74,10 @@ chaos: venv tools cluster-up images ## executions under fire: operator kills, po
 scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operator restart: time to ready, RSS, requests
 	$(PY) -m bench.scale
 
+.PHONY: fairness
+fairness: venv cluster-up images ## tenant A submits 200, then B 5: the order of claims and ends; a cap of 2 holds
+	$(PY) -m bench.fairness
+
 .PHONY: bench-smoke
 bench-smoke: bench-deps tools cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
 	$(PY) -m bench --smoke
