@@ -381,12 +381,12 @@ def render(r: dict[str, Any]) -> str:
             [
                 label,
                 f"{x['correct']}/{x['executions']}",
-                x.get("first_scale_up_seconds", "—"),
+                x.get("first_scale_up_seconds") or "—",
                 x["peak_pods"],
                 fmt_ms(x["queue_wait_ms"].get("p50")),
                 fmt_ms(x["queue_wait_ms"].get("p99")),
                 x["burst_seconds"],
-                x.get("back_to_min_after_seconds", "—"),
+                x.get("back_to_min_after_seconds") or "—",
                 x["pod_seconds"],
             ]
             for label, x in (("minReady 1, maxSize 12", a), ("fixed 12", f))
