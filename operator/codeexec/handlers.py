@@ -1,8 +1,9 @@
 """Kopf wiring, and nothing else: decorators that hand events to the rooms that own them.
 
-`CodeExecution`s and `SandboxPool`s arrive through `@kopf.on.event`: the road keeps its own
-state in the resource's status (see lifecycle), so Kopf's per-handler progress, retries and
-finalizers would only add writes to the hot path without adding safety.
+`CodeExecution`s arrive through `@kopf.on.event`: the road keeps its own state in the
+resource's status (see lifecycle), so Kopf's per-handler progress, retries and finalizers would
+only add writes to the hot path without adding safety. SandboxPools come from the pool room's
+own watch (`PoolManager.run`), started here.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         "ttl-janitor": STATE.executions.janitor.run,
         "claimed-pod-sweep": STATE.executions.sweep,
         "egress-policies": lambda: egress.run(lambda: _served_specs(pools)),
+        "sandboxpool-watch": lambda: pools.run(_pools_changed),
     }
     STATE.tasks = [
         *leadership,
@@ -245,18 +247,13 @@ async def cleanup(**_: Any) -> None:
         await kube.close()
 
 
-@kopf.on.event(GROUP, VERSION, "sandboxpools")
-async def pool_event(type: str | None, body: kopf.Body, name: str, **_: Any) -> None:
-    if type == "DELETED":
-        await STATE.rt.pools.remove(name)
-    else:
-        STATE.rt.pools.upsert(dict(body))
+async def _pools_changed() -> None:
     # A failure here is retried by the egress task within seconds; until then a new network
     # pool's pods have only the deny-all policy (closed, never open).
     try:
         await STATE.egress.sync(_served_specs(STATE.rt.pools))
     except ApiError as err:
-        log.warning("egress policies after pool %s changed: %s", name, err)
+        log.warning("egress policies after a pool changed: %s", err)
         STATE.egress.applied.clear()
 
 

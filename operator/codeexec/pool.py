@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +138,52 @@ class PoolManager:
         for item in listing.get("items", []):
             self.upsert(item)
         self.synced.set()
+
+    async def run(self, on_change: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Follows the served SandboxPools: list, then watch; a 410 or a failure lists again.
+
+        Our own watch, not Kopf's: Kopf starts no watch at all, cluster-scoped resources
+        included, while no namespace matches its namespace globs (`team-*` before the first
+        team exists), and pools created then were never served."""
+        failures = 0
+        selector = self.selector or None
+        while True:
+            try:
+                listing = await self.kube.list(SANDBOX_POOLS, label_selector=selector)
+                listed = set()
+                for item in listing.get("items", []):
+                    listed.add(item["metadata"]["name"])
+                    self.upsert(item)
+                for gone in set(self.pools) - listed:  # deleted while no watch ran
+                    await self.remove(gone)
+                self.synced.set()
+                if on_change is not None:
+                    await on_change()
+                rv = listing["metadata"]["resourceVersion"]
+                while True:
+                    async for event in self.kube.watch(
+                        SANDBOX_POOLS, resource_version=rv, label_selector=selector
+                    ):
+                        failures = 0
+                        obj = event.get("object") or {}
+                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                        if event.get("type") == "DELETED":
+                            # Deleted, or relabelled out of this installation's selector.
+                            await self.remove(obj["metadata"]["name"])
+                        elif event.get("type") in ("ADDED", "MODIFIED"):
+                            self.upsert(obj)
+                        else:
+                            continue
+                        if on_change is not None:
+                            await on_change()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the API server away, a broken stream: list again
+                if isinstance(err, ApiError) and err.gone:
+                    continue
+                failures += 1
+                log.warning("watch of SandboxPools: %r", err)
+                await backoff.sleep(failures, base=1.0, cap=30.0)
 
     def serves(self, body: dict[str, Any]) -> bool:
         return selector_matches(self.selector, body["metadata"].get("labels"))

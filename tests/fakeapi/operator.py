@@ -16,7 +16,7 @@ from typing import Any
 from codeexec import finished
 from codeexec.claim import Broker
 from codeexec.controller import Executions
-from codeexec.kube.client import CODE_EXECUTIONS, SANDBOX_POOLS, ApiError, Resource
+from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Resource
 from codeexec.kube.events import Recorder
 from codeexec.kube.lease import LeaderElector, unfenced
 from codeexec.lifecycle import Runtime
@@ -111,6 +111,7 @@ class Replica:
             "preattach": rt.preattach.run,
             "janitor": self.executions.janitor.run,
             "sweep": self.executions.sweep,
+            "pools": rt.pools.run,
         }
         self.tasks = [
             *lease,
@@ -131,19 +132,11 @@ class Replica:
                 spawn(supervise("finished", self.finished.run), name=f"{self.name}/finished")
             )
         self.tasks += [
-            spawn(self._feed(SANDBOX_POOLS, self._pool_event), name=f"{self.name}/pools"),
             spawn(
                 self._feed(CODE_EXECUTIONS, self._execution_event, selector),
                 name=f"{self.name}/ex",
             ),
         ]
-
-    def _pool_event(self, type_: str | None, body: dict[str, Any]) -> None:
-        assert self.rt is not None
-        if type_ == "DELETED":
-            asyncio.get_running_loop().create_task(self.rt.pools.remove(body["metadata"]["name"]))
-        else:
-            self.rt.pools.upsert(body)
 
     def _execution_event(self, type_: str | None, body: dict[str, Any]) -> None:
         assert self.executions is not None
