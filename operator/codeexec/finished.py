@@ -33,6 +33,9 @@ FINISHED = "status.phase!=,status.phase!=Pending,status.phase!=Running"
 # Bodies decoded at once while listing: 500 finished ones are ~2.5 MB of JSON, ~10 MB as Python
 # objects, freed before the next page (a whole 50,000 listing at once would be ~1 GB).
 PAGE = 500
+# Transient answers to the start-up probe before it settles for watching everything (with the
+# shared backoff capped at 5 s: about a minute and a half).
+PROBE_ATTEMPTS = 20
 
 Handle = Callable[[str | None, dict[str, Any]], None]
 
@@ -57,22 +60,36 @@ def serves(namespaces: tuple[str, ...]) -> Callable[[str], bool]:
 
 async def selectable(kube: Kube, namespaces: tuple[str, ...]) -> bool:
     """Whether the API server selects executions by `status.phase` (one LIST of one item).
-    Any failure answers no: watching everything is always correct, only dearer."""
-    try:
-        await kube.request(
-            "GET",
-            CODE_EXECUTIONS.path(where(namespaces)[0]),
-            params={"fieldSelector": ACTIVE, "limit": 1},
-            verb="list",
-        )
-    except Exception as err:  # 400 "field label not supported": before 1.31, or an old CRD
-        log.warning(
-            "the API server cannot select executions by phase (%r): finished executions stay "
-            "in the operator's watch and memory; apply the current CRDs (Kubernetes 1.31+)",
-            err,
-        )
-        return False
-    return True
+    A refusal (400 "field label not supported": before 1.31, or an old CRD; any other 4xx)
+    answers no: watching everything is always correct, only dearer. A transient failure is
+    asked again: right after the CRD is applied the API server answers 429 "storage is
+    (re)initializing" for a moment (seen on the test bed), which is no answer at all."""
+    attempt = 0
+    while True:
+        try:
+            await kube.request(
+                "GET",
+                CODE_EXECUTIONS.path(where(namespaces)[0]),
+                params={"fieldSelector": ACTIVE, "limit": 1},
+                verb="list",
+            )
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            transient = not isinstance(err, ApiError) or err.status == 429 or err.status >= 500
+            if transient and attempt < PROBE_ATTEMPTS:
+                attempt += 1
+                log.info("asking whether executions select by phase again: %r", err)
+                await backoff.sleep(attempt, base=0.5, cap=5.0)
+                continue
+            log.warning(
+                "the API server cannot select executions by phase (%r): finished executions "
+                "stay in the operator's watch and memory; apply the current CRDs "
+                "(Kubernetes 1.31+)",
+                err,
+            )
+            return False
 
 
 class FinishedWatch:

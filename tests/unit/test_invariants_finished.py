@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from codeexec import controller, finished
+from codeexec.kube.client import ApiError
 from tests.fakeapi import vtime
 from tests.fakeapi.client import FakeKube
 from tests.fakeapi.operator import TENANT, Replica
@@ -233,5 +234,27 @@ def test_the_finished_watch_hands_on_each_one_once_page_by_page_and_after_a_410(
         api.delete("codeexecutions", "team-a", "x-1")
         await vtime.until(lambda: ("DELETED", "x-1") in seen, what="the deletion after a 410")
         task.cancel()
+
+    vtime.run(scenario)
+
+
+def test_a_busy_api_server_at_start_up_does_not_cost_the_selector() -> None:
+    """Right after the CRD is applied the API server answers 429 "storage is (re)initializing"
+    for a moment: the probe asks again, and the operator still leaves finished ones out.
+
+    Caught: a CI run's operator took its first 429 for "cannot select" and watched everything."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        busy = ApiError(429, {"message": "storage is (re)initializing"})
+        w.api.fail(
+            lambda call: call.verb == "list" and call.plural == "codeexecutions", busy, times=3
+        )
+        a = Replica(w.api, "op-a")
+        a.build()
+        await a.start()
+        assert a.executions is not None and a.executions.selective
+        done = w.submit(1)["metadata"]["name"]
+        await w.wait_finished(done)
 
     vtime.run(scenario)
