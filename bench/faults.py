@@ -224,9 +224,15 @@ class Partition(SingleOperatorFault):
         try:
             await component("cut", rel)
             await asyncio.sleep(self.cut_s)
+            # A cut that something took away mid-window partitioned nothing for part of it:
+            # the scenario would pass on a fault that never fully happened.
+            said = await run_tool("bash", str(COMPONENT_SH), "held", rel, check=False)
+            held = said.split()[-1:] == ["held"]
         finally:
             await component("mend", rel)
         end = time.monotonic()
+        if not held:
+            raise RuntimeError(f"the cut of cgroup {rel} was gone before {self.cut_s:.0f} s")
         return Window(
             start,
             end,

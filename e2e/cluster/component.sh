@@ -6,6 +6,7 @@
 #   component.sh cut  CGROUP   drop every TCP packet that processes in cgroup v2 CGROUP (a path
 #                              below the cgroup v2 root) send to the API server's port
 #   component.sh mend CGROUP   stop dropping them
+#   component.sh held CGROUP   prints "held" (exit 0) while the cut is in place, else "gone" (1)
 # stop is SIGTERM (what a service manager sends), SIGKILL after 10 s. Pods keep running while
 # the kubelet or containerd is down (containerd's shims hold them), as on a real node.
 set -euo pipefail
@@ -18,6 +19,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/up.sh"  # lib.sh and up.sh's functions; n
 source "$CLUSTER_SCRIPTS/configs.sh"           # CONF (the components' config files)
 
 CUT_CHAIN=CODEEXEC-CUT  # down.sh removes every CODEEXEC-* chain
+# The raw table, not filter: kube-router rewrites the whole filter table with
+# iptables-save/restore, and a chain made between its save and its restore is gone (a CI run
+# saw `-A CODEEXEC-CUT` fail with "No chain/target/match by that name"). Nothing of the
+# cluster's writes raw; a DROP there comes before conntrack, which changes nothing for a cut.
+CUT_TABLE=raw
 
 # The PID-file name and start function of a component.
 component() {
@@ -67,29 +73,40 @@ cut_rule() {
 cut_off() {
   local -a rule
   mapfile -t rule < <(cut_rule "$1")
-  iptables -w -N "$CUT_CHAIN" 2>/dev/null || true
-  iptables -w -C OUTPUT -j "$CUT_CHAIN" 2>/dev/null || iptables -w -I OUTPUT 1 -j "$CUT_CHAIN"
-  iptables -w -C "$CUT_CHAIN" "${rule[@]}" 2>/dev/null || iptables -w -A "$CUT_CHAIN" "${rule[@]}"
+  ipt -N "$CUT_CHAIN" 2>/dev/null || true
+  ipt -C OUTPUT -j "$CUT_CHAIN" 2>/dev/null || ipt -I OUTPUT 1 -j "$CUT_CHAIN"
+  ipt -C "$CUT_CHAIN" "${rule[@]}" 2>/dev/null || ipt -A "$CUT_CHAIN" "${rule[@]}"
+  cut_held "$1" || die "the cut of cgroup $1 is not in place after adding it"
   log "traffic from cgroup $1 to port $APISERVER_PORT dropped"
+}
+
+# Both the jump and the rule in place.
+cut_held() {
+  local -a rule
+  mapfile -t rule < <(cut_rule "$1")
+  ipt -C OUTPUT -j "$CUT_CHAIN" 2>/dev/null && ipt -C "$CUT_CHAIN" "${rule[@]}" 2>/dev/null
 }
 
 reconnect() {
   local -a rule
   mapfile -t rule < <(cut_rule "$1")
-  while iptables -w -D "$CUT_CHAIN" "${rule[@]}" 2>/dev/null; do :; done
-  if [[ -z "$(iptables -w -S "$CUT_CHAIN" 2>/dev/null | grep -v '^-N')" ]]; then
-    iptables -w -D OUTPUT -j "$CUT_CHAIN" 2>/dev/null || true
-    iptables -w -X "$CUT_CHAIN" 2>/dev/null || true
+  while ipt -D "$CUT_CHAIN" "${rule[@]}" 2>/dev/null; do :; done
+  if [[ -z "$(ipt -S "$CUT_CHAIN" 2>/dev/null | grep -v '^-N')" ]]; then
+    ipt -D OUTPUT -j "$CUT_CHAIN" 2>/dev/null || true
+    ipt -X "$CUT_CHAIN" 2>/dev/null || true
   fi
   log "traffic from cgroup $1 flows again"
 }
 
+ipt() { iptables -w -t "$CUT_TABLE" "$@"; }
+
 main() {
   local action="${1:-}" what="${2:-}" spec name fn
-  [[ -n "$what" ]] || die "usage: component.sh stop|start|restart COMPONENT | cut|mend CGROUP"
+  [[ -n "$what" ]] || die "usage: component.sh stop|start|restart COMPONENT | cut|mend|held CGROUP"
   case "$action" in
     cut) cut_off "$what"; return ;;
     mend) reconnect "$what"; return ;;
+    held) if cut_held "$what"; then echo held; else echo gone; return 1; fi; return ;;
   esac
   spec="$(component "$what")" || exit 1
   read -r name fn <<<"$spec"
