@@ -17,9 +17,10 @@ from typing import Any
 
 from codeexec import backoff, clock, metrics
 from codeexec import status as st
+from codeexec.execution import is_terminal
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError
 from codeexec.kube.lease import NotLeading
-from codeexec.lifecycle import Road, Runtime, is_terminal
+from codeexec.lifecycle import Road, Runtime
 from codeexec.outcomes import Reason
 from codeexec.poddelete import delete_pod
 

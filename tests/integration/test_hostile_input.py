@@ -90,7 +90,7 @@ async def test_nested_arguments_end_terminal_while_other_tenants_keep_running(
     caught (each guarded line removed once, on the cluster): without kopfjson.install() in
     handlers.startup, Kopf's watcher died on the 1,000-level object ("maximum recursion depth
     exceeded while decoding a JSON array"), its orchestrator and the process with it, and
-    deep-500 never got a status; without the arguments check in lifecycle.parse, deep-500's
+    deep-500 never got a status; without the arguments check in execution.parse, deep-500's
     arguments (cut at 128 levels by the decoder) ran and ended Succeeded, not InvalidRequest.
     """
     names = {levels: f"deep-{levels}" for levels in LEVELS}

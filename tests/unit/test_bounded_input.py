@@ -13,11 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from codeexec import jsonbounds
+from codeexec.execution import Invalid as InvalidSpec
+from codeexec.execution import parse
 from codeexec.gateway.app import GATEWAY, build_app
 from codeexec.gateway.config import GatewayConfig
 from codeexec.gateway.request import Invalid, parse_run_request
-from codeexec.lifecycle import Invalid as InvalidSpec
-from codeexec.lifecycle import parse
 from codeexec.protocol import ReportReader
 
 LEVELS = (500, 1_000, 5_000, 10_000)
@@ -71,7 +71,7 @@ def test_depth_counts_containers_and_stops_early() -> None:
 def test_over_deep_arguments_are_an_invalid_request_naming_the_limit(levels: int) -> None:
     """Through the decoder a body comes cut at 128 levels; either way the road refuses it.
 
-    caught: without the arguments check in lifecycle.parse, these parsed as valid.
+    caught: without the arguments check in execution.parse, these parsed as valid.
     """
     event = (
         '{"type": "ADDED", "object": {"metadata": {"name": "ex", "namespace": "ns", "uid": "u1"},'

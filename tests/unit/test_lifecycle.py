@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from codeexec.lifecycle import Invalid, creation_time, parse
+from codeexec.execution import Invalid, creation_time, parse
 
 
 def body(**spec: Any) -> dict[str, Any]:
