@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,50 @@ async def test_input_csv_and_configmap_file_are_computed_together(
     done = await _run(cx, code, files=files)
     assert done.status.reason == "Succeeded", done.status
     assert done.status.result is not None and done.status.result.return_value == 46
+
+
+WORKBOOK = """
+import hashlib
+import pandas as pd
+
+def main():
+    df = pd.read_csv("data.csv")
+    df["total"] = df["n"] * 2
+    df.to_csv("artifacts/out.csv", index=False)
+    df.to_excel("artifacts/out.xlsx", index=False, sheet_name="totals")
+    back = pd.read_excel("artifacts/out.xlsx", sheet_name="totals")
+    digests = {}
+    for name in ("out.csv", "out.xlsx"):
+        with open("artifacts/" + name, "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    return {"read_back": back["total"].tolist(), "sha256": digests}
+"""
+
+
+async def test_pandas_writes_csv_and_excel_artifacts(cx: Client, tmp_path: Path) -> None:
+    """`to_csv` and `to_excel` work in the Python image and both files come back whole.
+    Caught: without python3-openpyxl in images/python/Dockerfile, `to_excel` raised
+    ModuleNotFoundError (UserException)."""
+    done = await _run(cx, WORKBOOK, files=[input_file("data.csv", "k,n\na,3\nb,4\n")])
+    assert done.status.reason == "Succeeded", done.status
+    res = done.status.result
+    assert res is not None
+    assert res.return_value["read_back"] == [6, 8]
+    made = res.return_value["sha256"]
+    by_name = {a.name: a for a in res.artifacts}
+    assert set(by_name) == {"out.csv", "out.xlsx"}
+    for artifact in cx.artifacts(done):
+        raw = await artifact.read()
+        assert (
+            hashlib.sha256(raw).hexdigest() == made[artifact.name] == by_name[artifact.name].sha256
+        )
+        if artifact.name == "out.csv":
+            assert raw.decode() == "k,n,total\na,3,6\nb,4,8\n"
+        else:  # an .xlsx is a zip holding the workbook and the named sheet
+            saved = await artifact.save(tmp_path)
+            with zipfile.ZipFile(saved) as book:
+                assert "xl/workbook.xml" in book.namelist()
+                assert b'name="totals"' in book.read("xl/workbook.xml")
 
 
 async def test_an_escaping_path_is_refused_and_nothing_runs(
