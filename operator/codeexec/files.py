@@ -108,7 +108,7 @@ async def resolve(
             if not secrets_allowed:
                 raise FileProblem(
                     f"file {f.path!r}: this operator does not read Secrets "
-                    "(inputFiles.fromSecrets is off)"
+                    "(operator.filesFromSecrets is off)"
                 )
             data = await _secret_key(kube, f.path, f.secret_key_ref, namespace)
         if len(data) > MAX_FILE_BYTES:

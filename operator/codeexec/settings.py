@@ -44,7 +44,7 @@ class Settings:
         default_factory=lambda: _env("FILES_FROM_SECRETS", "false").lower() == "true"
     )
     # Credentials of the S3 artifact stores (SandboxPool spec.artifacts.s3); the chart sets them
-    # from a Secret (artifacts.s3CredentialsSecret).
+    # from a Secret (operator.s3CredentialsSecret).
     s3_access_key_id: str = field(default_factory=lambda: _env("S3_ACCESS_KEY_ID", ""))
     s3_secret_access_key: str = field(
         default_factory=lambda: _env("S3_SECRET_ACCESS_KEY", ""), repr=False

@@ -44,6 +44,8 @@ def test_a_pool_name_too_long_for_a_label_never_reaches_the_keeper() -> None:
 
 
 def test_the_crd_refuses_a_pool_name_over_63_characters() -> None:
+    """A pool's name becomes a label value on its pods (63 characters at most): the CRD refuses
+    a longer name at admission. Caught: with the CRD's length rule removed, the assertion failed."""
     crd = yaml.safe_load((ROOT / "crds" / "codeexec.io_sandboxpools.yaml").read_text())
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     rules = [v["rule"] for v in schema.get("x-kubernetes-validations") or []]
