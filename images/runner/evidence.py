@@ -45,6 +45,40 @@ def keyed_counter(text: str | None, key: str) -> int | None:
 
 
 @dataclass
+class CgroupMemory:
+    """The container's memory cgroup (v2 unified or the v1 controller): OOM kills, peak, limit."""
+
+    root: str
+
+    def _v2(self) -> bool:
+        return os.path.exists(os.path.join(self.root, "memory.events"))
+
+    def oom_kills(self) -> int | None:
+        if self._v2():
+            text = read_small(os.path.join(self.root, "memory.events"))
+        else:
+            text = read_small(os.path.join(self.root, "memory", "memory.oom_control"))
+        return keyed_counter(text, "oom_kill")
+
+    def peak_bytes(self) -> int | None:
+        if self._v2():
+            return int_or_none(read_small(os.path.join(self.root, "memory.peak")))
+        path = os.path.join(self.root, "memory", "memory.max_usage_in_bytes")
+        return int_or_none(read_small(path))
+
+    def limit_bytes(self) -> int | None:
+        if self._v2():
+            value = int_or_none(read_small(os.path.join(self.root, "memory.max")))
+        else:
+            path = os.path.join(self.root, "memory", "memory.limit_in_bytes")
+            value = int_or_none(read_small(path))
+        # v1 reports "no limit" as a page-rounded LONG_MAX.
+        if value is None or value <= 0 or value >= 1 << 60:
+            return None
+        return value
+
+
+@dataclass
 class Kernel:
     """The readings, from a cgroup root (v2, or v1 controllers below it) and a /proc/net."""
 

@@ -43,6 +43,7 @@ def _sibling(name: str) -> ModuleType:
 confine = _sibling("confine")
 evidence = _sibling("evidence")
 workfiles = _sibling("workfiles")
+reporting = _sibling("reporting")
 
 PROTOCOL = "codeexec.io/runner/v1"
 RUNNER_VERSION = "1"
@@ -50,15 +51,11 @@ LANGUAGES = {"python": ("python", "worker.py"), "nodejs": ("nodejs", "worker.js"
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
-# Deepest return value passed on (the operator sends its own limit as maxResultDepth).
-DEFAULT_MAX_RESULT_DEPTH = 64
-OMITTED_REASONS = frozenset({"TooLarge", "TooDeep"})
 # Room for the record's envelope and an error record's message/traceback/causes.
 RESULT_SLACK_BYTES = 64 * 1024
 DEFAULT_MAX_PROCESSES = 256
 # RLIMIT_FSIZE of the worker when the pod does not say (podspec passes the scratch size).
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
-TERMINATION_LOG_LIMIT = 4000
 STARTUP_DIAG_BYTES = 2048
 READ_CHUNK = 65536
 
@@ -71,7 +68,6 @@ TICK_S = 0.01  # poll tick when pidfd_open is unavailable (e.g. some gVisor vers
 ORPHAN_TICK_S = 0.1  # orphans' deaths wake nobody (no SIGCHLD handler): reap them this often
 
 ID_RE = re.compile(r"[A-Za-z0-9-]{16,64}")
-ERROR_PHASES = {"compile", "entrypoint", "run", "serialize"}
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -147,91 +143,6 @@ def _read_ready(fd: int) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# cgroup (v2 unified or v1 memory controller); everything optional
-
-
-@dataclass
-class CgroupMemory:
-    root: str
-
-    def _v2(self) -> bool:
-        return os.path.exists(os.path.join(self.root, "memory.events"))
-
-    def oom_kills(self) -> int | None:
-        if self._v2():
-            text = evidence.read_small(os.path.join(self.root, "memory.events"))
-        else:
-            text = evidence.read_small(os.path.join(self.root, "memory", "memory.oom_control"))
-        return evidence.keyed_counter(text, "oom_kill")
-
-    def peak_bytes(self) -> int | None:
-        if self._v2():
-            return evidence.int_or_none(evidence.read_small(os.path.join(self.root, "memory.peak")))
-        path = os.path.join(self.root, "memory", "memory.max_usage_in_bytes")
-        return evidence.int_or_none(evidence.read_small(path))
-
-    def limit_bytes(self) -> int | None:
-        if self._v2():
-            value = evidence.int_or_none(evidence.read_small(os.path.join(self.root, "memory.max")))
-        else:
-            path = os.path.join(self.root, "memory", "memory.limit_in_bytes")
-            value = evidence.int_or_none(evidence.read_small(path))
-        # v1 reports "no limit" as a page-rounded LONG_MAX.
-        if value is None or value <= 0 or value >= 1 << 60:
-            return None
-        return value
-
-
-# ---------------------------------------------------------------------------------------------
-# output streams
-
-
-@dataclass
-class Stream:
-    """One of the worker's output pipes: the head up to keep_bytes and the total read."""
-
-    fd: int | None
-    keep_bytes: int
-    head: bytearray = field(default_factory=bytearray)
-    total: int = 0
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.keep_bytes - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-
-    def restart(self, keep_bytes: int) -> None:
-        self.keep_bytes = keep_bytes
-        self.head = bytearray()
-        self.total = 0
-
-    def summary(self) -> dict[str, Any]:
-        head = bytes(self.head)
-        truncated = self.total > len(head)
-        if truncated:
-            head = _cut_utf8(head)
-        return {
-            "text": head.decode("utf-8", errors="replace"),
-            "bytes": self.total,
-            "truncated": truncated,
-        }
-
-
-def _cut_utf8(data: bytes) -> bytes:
-    """Drops a multi-byte character split by the cut (at most 3 trailing bytes)."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 == 0x80:
-            continue  # continuation byte: keep looking for the lead byte
-        if byte & 0x80 == 0:
-            return data  # ASCII: nothing split
-        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
-        return data if back >= need else data[:-back]
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
 # request
 
 
@@ -244,7 +155,7 @@ class Request:
     max_output_bytes: int
     keep_bytes: int
     max_result_bytes: int
-    max_result_depth: int = DEFAULT_MAX_RESULT_DEPTH
+    max_result_depth: int = reporting.DEFAULT_MAX_RESULT_DEPTH
     # Input files ({path, b64}) and the artifact limits; no limits: artifacts are not read.
     files: list[dict[str, Any]] = field(default_factory=list)
     artifacts: Any = None
@@ -260,7 +171,7 @@ def _positive_int(obj: dict[str, Any], key: str, default: int | None = None) -> 
 def parse_request(line: bytes, language: str) -> tuple[Request | None, str | None, str | None]:
     """Returns (request, None, None) or (None, id-if-recognisable, error message)."""
     try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(line.decode("utf-8"), parse_constant=reporting.reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, None, f"request is not a JSON line: {str(exc)[:200]}"
     if not isinstance(obj, dict):
@@ -296,127 +207,15 @@ def parse_request(line: bytes, language: str) -> tuple[Request | None, str | Non
             max_output_bytes=_positive_int(obj, "maxOutputBytes"),
             keep_bytes=_positive_int(obj, "keepBytes"),
             max_result_bytes=_positive_int(obj, "maxResultBytes", DEFAULT_MAX_RESULT_BYTES),
-            max_result_depth=_positive_int(obj, "maxResultDepth", DEFAULT_MAX_RESULT_DEPTH),
+            max_result_depth=_positive_int(
+                obj, "maxResultDepth", reporting.DEFAULT_MAX_RESULT_DEPTH
+            ),
             files=files,
             artifacts=workfiles.Limits.parse(obj.get("artifacts")),
         )
     except ProtocolError as exc:
         return None, rid, str(exc)
     return request, None, None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# ---------------------------------------------------------------------------------------------
-# the worker's result record
-
-
-def _clip(value: Any, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value if len(value) <= limit else value[:limit] + "…"
-
-
-def _small_int(value: Any) -> int | None:
-    return value if type(value) is int and -(1 << 31) <= value < (1 << 31) else None
-
-
-def _sanitize_error(rec: dict[str, Any]) -> dict[str, Any] | None:
-    if rec.get("phase") not in ERROR_PHASES or not isinstance(rec.get("type"), str):
-        return None
-    out: dict[str, Any] = {
-        "kind": "error",
-        "phase": rec["phase"],
-        "type": _clip(rec["type"], 200),
-        "message": _clip(rec.get("message"), 8192) or "",
-        "traceback": _clip(rec.get("traceback"), 32768),
-    }
-    for key in ("errno", "line", "column"):
-        out[key] = _small_int(rec.get(key))
-    for key in ("code", "syscall", "filename"):
-        out[key] = _clip(rec.get(key), 200)
-    causes = []
-    raw_causes = rec.get("causes")
-    for cause in raw_causes if isinstance(raw_causes, list) else []:
-        if isinstance(cause, dict) and isinstance(cause.get("type"), str):
-            causes.append(
-                {
-                    "type": _clip(cause["type"], 200),
-                    "message": _clip(cause.get("message"), 1024) or "",
-                    "errno": _small_int(cause.get("errno")),
-                    "code": _clip(cause.get("code"), 200),
-                }
-            )
-        if len(causes) >= 8:
-            break
-    out["causes"] = causes
-    return out
-
-
-def value_depth(value: Any) -> int:
-    """Nesting of a decoded value ({} is 1); iterative."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, level + 1)
-            stack.extend((child, level + 1) for child in item)
-    return deepest
-
-
-def _returned(rec: dict[str, Any], max_depth: int) -> dict[str, Any]:
-    """A "returned" record as passed on: the value, or why it is left out and its size."""
-    size = _small_int(rec.get("bytes"))
-    if rec.get("omitted") in OMITTED_REASONS:
-        return {"kind": "returned", "value": None, "omitted": rec["omitted"], "bytes": size}
-    value = rec.get("value")
-    if value_depth(value) > max_depth:  # the worker checks too; this holds whatever it wrote
-        return {"kind": "returned", "value": None, "omitted": "TooDeep", "bytes": None}
-    return {"kind": "returned", "value": value}
-
-
-def interpret_result(
-    data: bytes,
-    overflowed: bool,
-    exit_code: int | None,
-    max_depth: int = DEFAULT_MAX_RESULT_DEPTH,
-) -> tuple[dict[str, Any] | None, bool]:
-    """Parses fd 3 (ready line, then at most one record) and cross-checks it with the exit.
-
-    Returns (result or None, whether the worker reported ready). A record only counts if the
-    worker then exited the way its harness does after writing it (0 after "returned", 1 after
-    "error"): a crash, kill or a stray write from the user's code leaves result null.
-    """
-    lines = data.split(b"\n")
-    ready = (_parse_record(lines[0]) or {}).get("kind") == "ready"
-    if ready:
-        lines = lines[1:]
-    if overflowed:
-        return None, ready
-    records = [line for line in lines if line]
-    if len(records) != 1 or not data.endswith(b"\n"):
-        return None, ready
-    rec = _parse_record(records[0])
-    if rec is None:
-        return None, ready
-    if rec.get("kind") == "returned" and "value" in rec and exit_code == 0:
-        return _returned(rec, max_depth), ready
-    if rec.get("kind") == "error" and exit_code == 1:
-        return _sanitize_error(rec), ready
-    return None, ready
-
-
-def _parse_record(line: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +228,7 @@ class Config:
     argv: list[str]
     max_processes: int
     termination_log: str
-    cgroup: CgroupMemory
+    cgroup: evidence.CgroupMemory
     ready_file: str | None
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     scratch: str = "/tmp"
@@ -450,8 +249,8 @@ class Supervisor:
         self.spawned_at = 0.0
         self.req_fd: int | None = None
         self.req_buf = b""
-        self.out = Stream(None, 0)
-        self.err = Stream(None, STARTUP_DIAG_BYTES)
+        self.out = reporting.Stream(None, 0)
+        self.err = reporting.Stream(None, STARTUP_DIAG_BYTES)
         self.res_fd: int | None = None
         self.res_buf = bytearray()
         self.res_limit = DEFAULT_MAX_RESULT_BYTES + RESULT_SLACK_BYTES
@@ -645,7 +444,7 @@ class Supervisor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(info.si_pid, 0)
 
-    def _read_stream(self, stream: Stream) -> None:
+    def _read_stream(self, stream: reporting.Stream) -> None:
         assert stream.fd is not None
         data = _read_ready(stream.fd)
         if data is None:
@@ -670,7 +469,7 @@ class Supervisor:
         else:
             self.res_buf += data
         if self.ready_state is None and b"\n" in self.res_buf:
-            first = _parse_record(bytes(self.res_buf.split(b"\n", 1)[0])) or {}
+            first = reporting.parse_record(bytes(self.res_buf.split(b"\n", 1)[0])) or {}
             self.ready_state = first.get("kind") == "ready"
             if self.ready_state:
                 self.ready_at = _now()
@@ -839,7 +638,7 @@ class Supervisor:
         if self.out.total + self.err.total > request.max_output_bytes:
             output_limited = True
         code, sig = _decode_status(self.status)
-        result, _ = interpret_result(
+        result, _ = reporting.interpret_result(
             bytes(self.res_buf), self.res_overflow, code, request.max_result_depth
         )
         error = result if result is not None and result.get("kind") == "error" else None
@@ -881,7 +680,7 @@ class Supervisor:
             return {}
         got = workfiles.collect(os.getcwd(), limits)
         for artifact in got.artifacts:
-            line = b"CXA1 " + dumps(artifact.record(request.id)).encode("ascii") + b"\n"
+            line = b"CXA1 " + reporting.dumps(artifact.record(request.id)).encode("ascii") + b"\n"
             _write_all(1, line, timeout_s=60.0)
         return {
             "artifacts": [a.listing() for a in got.artifacts],
@@ -987,51 +786,6 @@ def _children_of(parent: int) -> list[int]:
     return kids
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-
-
-def compact(report: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
-    """The report as one `CXR1 ...` line of at most `limit` bytes, shortening the bulky parts."""
-    line = "CXR1 " + dumps(report)
-    if len(line) <= limit:
-        return line
-    rep = json.loads(line[5:])  # a deep copy we may cut
-    # The artifacts' bytes travel only on the stream; their listing is the first to go.
-    if isinstance(rep.get("artifactLimit"), dict):
-        rep["artifactLimit"]["skipped"] = []
-    rep.pop("artifacts", None)
-    result = rep.get("result")
-    returned = isinstance(result, dict) and result.get("kind") == "returned"
-    size = len(dumps(result.get("value"))) if returned else 0
-    if returned and size > limit // 4:
-        # Flagged with its size: the operator must not read this as `return None`.
-        rep["result"] = result = {
-            "kind": "returned",
-            "value": None,
-            "omitted": "NotReported",
-            "bytes": size,
-        }
-    for budget in (2048, 1024, 512, 256, 128, 64, 0):
-        for name in ("stdout", "stderr"):
-            stream = rep.get(name)
-            if isinstance(stream, dict) and len(stream.get("text") or "") > budget:
-                stream["text"] = stream["text"][:budget]
-                stream["truncated"] = True
-        if isinstance(result, dict) and result.get("kind") == "error":
-            result["traceback"] = _clip(result.get("traceback"), budget * 2) if budget else None
-            result["message"] = _clip(result.get("message"), budget) or ""
-            result["causes"] = (result.get("causes") or [])[: budget // 256]
-        if isinstance(rep.get("protocolError"), str):
-            rep["protocolError"] = rep["protocolError"][: max(budget, 64)]
-        line = "CXR1 " + dumps(rep)
-        if len(line) <= limit:
-            return line
-    # Only fixed-size fields are left; this is unreachable with the limits above.
-    rep["result"] = None
-    return "CXR1 " + dumps(rep)
-
-
 # ---------------------------------------------------------------------------------------------
 # entry point
 
@@ -1048,7 +802,7 @@ def _worker_path(language: str, explicit: str | None) -> str:
 
 
 def _worker_argv(
-    language: str, worker: str, interpreter: str | None, cg: CgroupMemory
+    language: str, worker: str, interpreter: str | None, cg: evidence.CgroupMemory
 ) -> list[str]:
     if language == "python":
         exe = interpreter or sys.executable or shutil.which("python3") or "/usr/bin/python3"
@@ -1082,7 +836,7 @@ def parse_args(argv: list[str]) -> Config:
     args = parser.parse_args(argv)
     if args.language not in LANGUAGES:
         parser.error("--language (or CODEEXEC_LANGUAGE) must be python or nodejs")
-    cg = CgroupMemory(os.environ.get("CODEEXEC_CGROUP_ROOT", "/sys/fs/cgroup"))
+    cg = evidence.CgroupMemory(os.environ.get("CODEEXEC_CGROUP_ROOT", "/sys/fs/cgroup"))
     max_processes = _env_int("CODEEXEC_MAX_PROCESSES", DEFAULT_MAX_PROCESSES)
     max_file_bytes = _env_int("CODEEXEC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)
     worker = _worker_path(args.language, args.worker)
@@ -1120,12 +874,12 @@ def main(argv: list[str] | None = None) -> int:
             supervisor.request_id, supervisor.started, f"supervisor failure: {exc!r}"
         )
     try:
-        line = "CXR1 " + dumps(report)
+        line = "CXR1 " + reporting.dumps(report)
     except (TypeError, ValueError, RecursionError):
         report["result"] = None
-        line = "CXR1 " + dumps(report)
+        line = "CXR1 " + reporting.dumps(report)
     _write_all(1, line.encode("ascii") + b"\n")
-    supervisor.write_termination_log(compact(report))
+    supervisor.write_termination_log(reporting.compact(report))
     return 0
 
 

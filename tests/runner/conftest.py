@@ -36,6 +36,7 @@ RUNNER_FILES = (
     "runner/confine.py",
     "runner/evidence.py",
     "runner/workfiles.py",
+    "runner/reporting.py",
     "python/worker.py",
     "nodejs/worker.js",
 )

@@ -289,14 +289,14 @@ def test_compact_report_always_fits_and_stays_json():
         "usage": {"wallMs": 1.0, "cpuMs": 1.0, "maxRssKb": 1, "cgroupPeakBytes": 1},
         "runner": {"version": "1", "language": "python", "warmMs": 1.0},
     }
-    line = supervisor.compact(report)
+    line = supervisor.reporting.compact(report)
     assert len(line.encode()) <= 4000
     small = json.loads(line[5:])
     assert small["result"]["type"] == "T" * 200
     assert small["stderr"]["truncated"] is True
 
     report["result"] = {"kind": "returned", "value": list(range(5000))}
-    small = json.loads(supervisor.compact(report)[5:])
+    small = json.loads(supervisor.reporting.compact(report)[5:])
     # Flagged with its size: never readable as `return None` (issue 11, 4b).
     assert small["result"] == {
         "kind": "returned",
@@ -307,7 +307,7 @@ def test_compact_report_always_fits_and_stays_json():
 
     report["stdout"] = report["stderr"] = None
     report["result"] = {"kind": "returned", "value": 10}
-    assert json.loads(supervisor.compact(report)[5:]) == report
+    assert json.loads(supervisor.reporting.compact(report)[5:]) == report
 
 
 @pytest.mark.parametrize(
@@ -331,7 +331,7 @@ def test_compact_report_always_fits_and_stays_json():
     ],
 )
 def test_result_record_is_cross_checked_with_the_exit(data, exit_code, expected):
-    result, _ = supervisor.interpret_result(data, False, exit_code)
+    result, _ = supervisor.reporting.interpret_result(data, False, exit_code)
     assert result == expected
 
 
@@ -340,7 +340,7 @@ def test_error_record_is_sanitized():
         b'{"kind":"ready"}\n{"kind":"error","phase":"run","type":"E","message":"m",'
         b'"errno":"13","code":13,"extra":"dropped","causes":[{"type":"C"},"junk"]}\n'
     )
-    result, ready = supervisor.interpret_result(data, False, 1)
+    result, ready = supervisor.reporting.interpret_result(data, False, 1)
     assert ready is True
     assert result["errno"] is None and result["code"] is None
     assert "extra" not in result
@@ -359,7 +359,7 @@ def test_error_record_is_sanitized():
     ],
 )
 def test_head_is_cut_between_characters(data, expected):
-    assert supervisor._cut_utf8(data) == expected
+    assert supervisor.reporting.cut_utf8(data) == expected
 
 
 def test_only_the_first_request_line_ever_runs(run):
@@ -384,13 +384,13 @@ def test_the_supervisor_passes_on_a_value_no_deeper_than_the_request_allows() ->
     for _ in range(99):
         deep = [deep]
     line = json.dumps({"kind": "returned", "value": deep}).encode()
-    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0, 64)
+    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0, 64)
     assert result == {"kind": "returned", "value": None, "omitted": "TooDeep", "bytes": None}
     line = b'{"kind":"returned","value":null,"omitted":"TooLarge","bytes":5000}'
-    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
     assert result == {"kind": "returned", "value": None, "omitted": "TooLarge", "bytes": 5000}
     line = b'{"kind":"returned","value":7,"omitted":"Whatever","bytes":5000}'
-    result, _ = supervisor.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
     assert result == {"kind": "returned", "value": 7}
 
 
