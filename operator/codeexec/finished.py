@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from codeexec import backoff
+from codeexec import backoff, informer
 from codeexec.kube.client import CODE_EXECUTIONS, ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -108,49 +108,23 @@ class FinishedWatch:
         await asyncio.gather(*(self._follow(ns) for ns in self.where))
 
     async def _follow(self, namespace: str | None) -> None:
-        failures = 0
-        rv: str | None = None
-        while True:
-            try:
-                if rv is None:
-                    rv = await self._list(namespace)
-                async for event in self.kube.watch(
-                    CODE_EXECUTIONS, namespace, resource_version=rv, field_selector=FINISHED
-                ):
-                    failures = 0
-                    obj = event.get("object") or {}
-                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        self._hand(event["type"], obj)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the API server away, a broken stream: watch again
-                if isinstance(err, ApiError) and err.status == 410:
-                    rv = None  # too old: list again (the janitor takes each one once)
-                    continue
-                failures += 1
-                log.warning("watch of finished executions in %s: %r", namespace or "*", err)
-                await backoff.sleep(failures, base=1.0, cap=30.0)
-
-    async def _list(self, namespace: str | None) -> str:
-        """Lists page by page, handing each item on; the first page's resourceVersion."""
-        params: dict[str, str | int] = {"fieldSelector": FINISHED, "limit": PAGE}
-        path = CODE_EXECUTIONS.path(namespace)
-        page = await self.kube.request("GET", path, params=params, verb="list")
-        rv = str((page.get("metadata") or {}).get("resourceVersion") or "")
-        while True:
-            for item in page.get("items") or []:
-                self._hand(None, item)
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                break
-            page = await self.kube.request(
-                "GET", path, params={**params, "continue": token}, verb="list"
-            )
-        self._listed.add(namespace)
-        if len(self._listed) == len(self.where):
-            self.synced.set()
-        return rv
+        """One namespace (or all): listed page by page, each item handed on and dropped."""
+        async for kind, obj in informer.follow(
+            self.kube,
+            CODE_EXECUTIONS,
+            namespace,
+            what=f"finished executions in {namespace or '*'}",
+            field_selector=FINISHED,
+            page_size=PAGE,
+        ):
+            if kind == informer.ITEM:
+                self._hand(None, obj)
+            elif kind == informer.LISTED:
+                self._listed.add(namespace)
+                if len(self._listed) == len(self.where):
+                    self.synced.set()
+            elif kind != informer.LISTING:  # after a 410 the janitor takes each one once
+                self._hand(kind, obj)
 
     def _hand(self, type_: str | None, body: dict[str, Any]) -> None:
         if self.serves(str((body.get("metadata") or {}).get("namespace") or "")):

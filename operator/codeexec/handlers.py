@@ -181,7 +181,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     ]
     # Not in STATE.tasks: it watches them.
     STATE.watchdog_task = asyncio.create_task(dog.run(), name="watchdog")
-    await pools.initial_sync()
+    await asyncio.wait_for(pools.synced.wait(), timeout=60)  # the pool watch's first list
     await asyncio.wait_for(cache.synced.wait(), timeout=60)
     await pools.collect_orphans()
     await _leave_finished_out(settings, cfg, kube)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from codeexec import backoff, podspec
-from codeexec.kube.client import PODS, ApiError, Kube
+from codeexec import informer, podspec
+from codeexec.kube.client import PODS, Kube
 from codeexec.outcomes import Terminated
 
 log = logging.getLogger(__name__)
@@ -192,30 +192,26 @@ class PodCache:
         self.notify()
 
     async def run(self) -> None:
+        """Follows the operator's sandbox pods (informer.follow): each list replaces the cache."""
         selector = f"{podspec.MANAGED_BY}={podspec.OPERATOR}"
-        attempt = 0
-        while True:
-            try:
-                listing = await self.kube.list(PODS, self.namespace, label_selector=selector)
-                self.pods = {p.name: p for p in map(view, listing.get("items", []))}
-                rv = listing["metadata"]["resourceVersion"]
+        fresh: dict[str, PodView] = {}
+        async for kind, obj in informer.follow(
+            self.kube,
+            PODS,
+            self.namespace,
+            what="sandbox pods",
+            label_selector=selector,
+            base=0.2,
+            cap=5.0,
+        ):
+            if kind == informer.LISTING:
+                fresh = {}
+            elif kind == informer.ITEM:
+                pod = view(obj)
+                fresh[pod.name] = pod
+            elif kind == informer.LISTED:
+                self.pods = fresh
                 self.synced.set()
                 self.notify()
-                attempt = 0
-                while True:
-                    async for event in self.kube.watch(
-                        PODS, self.namespace, resource_version=rv, label_selector=selector
-                    ):
-                        obj = event["object"]
-                        rv = obj["metadata"].get("resourceVersion", rv)
-                        if event["type"] != "BOOKMARK":
-                            self.apply(event["type"], obj)
-            except ApiError as err:
-                if not err.gone:
-                    log.warning("sandbox pod watch failed: %s", err)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the watch must outlive any hiccup of the API server
-                log.warning("sandbox pod watch broke: %r", err)
-            attempt += 1
-            await backoff.sleep(attempt + 1, base=0.2, cap=5.0)
+            else:
+                self.apply(kind, obj)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from codeexec import autoscale, backoff, clock, metrics, podspec, tenants
+from codeexec import autoscale, backoff, clock, informer, metrics, podspec, tenants
 from codeexec.api.models import API_VERSION, SandboxPoolSpec
 from codeexec.kube.client import NAMESPACES, PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.kube.events import Recorder
@@ -133,57 +133,34 @@ class PoolManager:
 
     # --- registry -----------------------------------------------------------------------------
 
-    async def initial_sync(self) -> None:
-        listing = await self.kube.list(SANDBOX_POOLS, label_selector=self.selector or None)
-        for item in listing.get("items", []):
-            self.upsert(item)
-        self.synced.set()
-
     async def run(self, on_change: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Follows the served SandboxPools: list, then watch; a 410 or a failure lists again.
+        """Follows the served SandboxPools (informer.follow): each list replaces what was known.
 
         Our own watch, not Kopf's: Kopf starts no watch at all, cluster-scoped resources
         included, while no namespace matches its namespace globs (`team-*` before the first
         team exists), and pools created then were never served."""
-        failures = 0
-        selector = self.selector or None
-        while True:
-            try:
-                listing = await self.kube.list(SANDBOX_POOLS, label_selector=selector)
+        listed: set[str] = set()
+        async for kind, obj in informer.follow(
+            self.kube, SANDBOX_POOLS, what="SandboxPools", label_selector=self.selector or None
+        ):
+            if kind == informer.LISTING:
                 listed = set()
-                for item in listing.get("items", []):
-                    listed.add(item["metadata"]["name"])
-                    self.upsert(item)
+                continue
+            if kind == informer.ITEM:
+                listed.add(obj["metadata"]["name"])
+                self.upsert(obj)
+                continue
+            if kind == informer.LISTED:
                 for gone in set(self.pools) - listed:  # deleted while no watch ran
                     await self.remove(gone)
                 self.synced.set()
-                if on_change is not None:
-                    await on_change()
-                rv = listing["metadata"]["resourceVersion"]
-                while True:
-                    async for event in self.kube.watch(
-                        SANDBOX_POOLS, resource_version=rv, label_selector=selector
-                    ):
-                        failures = 0
-                        obj = event.get("object") or {}
-                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                        if event.get("type") == "DELETED":
-                            # Deleted, or relabelled out of this installation's selector.
-                            await self.remove(obj["metadata"]["name"])
-                        elif event.get("type") in ("ADDED", "MODIFIED"):
-                            self.upsert(obj)
-                        else:
-                            continue
-                        if on_change is not None:
-                            await on_change()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the API server away, a broken stream: list again
-                if isinstance(err, ApiError) and err.gone:
-                    continue
-                failures += 1
-                log.warning("watch of SandboxPools: %r", err)
-                await backoff.sleep(failures, base=1.0, cap=30.0)
+            elif kind == "DELETED":
+                # Deleted, or relabelled out of this installation's selector.
+                await self.remove(obj["metadata"]["name"])
+            else:
+                self.upsert(obj)
+            if on_change is not None:
+                await on_change()
 
     def serves(self, body: dict[str, Any]) -> bool:
         return selector_matches(self.selector, body["metadata"].get("labels"))

@@ -117,7 +117,7 @@ class Replica:
             *lease,
             *(spawn(supervise(n, loop), name=f"{self.name}/{n}") for n, loop in loops.items()),
         ]
-        await rt.pools.initial_sync()
+        await rt.pools.synced.wait()
         await rt.cache.synced.wait()
         await rt.pools.collect_orphans()
         # As handlers._leave_finished_out: Kopf's watch without the finished ones, and theirs.

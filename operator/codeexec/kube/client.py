@@ -222,23 +222,47 @@ class Kube:
     ) -> JSON:
         """All items, fetched in pages of `limit` (`continue` tokens), as one list whose
         metadata.resourceVersion is the first page's: a watch from it misses nothing."""
+        first: JSON | None = None
+        items: list[Any] = []
+        async for page in self.pages(
+            res,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            limit=limit,
+        ):
+            first = first or page
+            items.extend(page.get("items") or [])
+        assert first is not None
+        first["items"] = items
+        first.setdefault("metadata", {}).pop("continue", None)
+        return first
+
+    async def pages(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[JSON]:
+        """A list's pages of `limit` items, one request each, following `continue` tokens."""
         params: dict[str, str | int] = {"limit": limit or self.page_size}
         if label_selector:
             params["labelSelector"] = label_selector
         if field_selector:
             params["fieldSelector"] = field_selector
-        first = await self.request("GET", res.path(namespace), params=params, verb="list")
-        items = list(first.get("items") or [])
-        token = (first.get("metadata") or {}).get("continue")
-        while token:
-            page = await self.request(
-                "GET", res.path(namespace), params={**params, "continue": token}, verb="list"
-            )
-            items.extend(page.get("items") or [])
+        path = res.path(namespace)
+        page = await self.request("GET", path, params=params, verb="list")
+        while True:
+            yield page
             token = (page.get("metadata") or {}).get("continue")
-        first["items"] = items
-        first.setdefault("metadata", {}).pop("continue", None)
-        return first
+            if not token:
+                return
+            page = await self.request(
+                "GET", path, params={**params, "continue": token}, verb="list"
+            )
 
     async def create(self, res: Resource, body: JSON, namespace: str | None = None) -> JSON:
         return await self.request("POST", res.path(namespace), body=body)
