@@ -166,7 +166,11 @@ async def images_present(kube: Kube) -> dict[str, bool]:
 async def ensure_crds(kube: Kube) -> None:
     """Installs the CRDs only when absent (others on the cluster may be updating them)."""
     missing = False
-    for name in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
+    for name in (
+        "codeexecutions.codeexec.io",
+        "sandboxpools.codeexec.io",
+        "sandboxpoolscales.codeexec.io",
+    ):
         try:
             await kube.get(CRDS, name)
         except ApiError as err:

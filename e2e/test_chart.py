@@ -652,6 +652,12 @@ OPERATOR_NEEDS = [
     (CLUSTER, "list codeexec.io:sandboxpools"),
     (CLUSTER, "watch codeexec.io:sandboxpools"),
     (CLUSTER, "patch codeexec.io:sandboxpools/status e2e-python"),
+    (CLUSTER, "patch codeexec.io:sandboxpools/scale e2e-python"),
+    (SANDBOX, "list codeexec.io:sandboxpoolscales"),
+    (SANDBOX, "watch codeexec.io:sandboxpoolscales"),
+    (SANDBOX, "create codeexec.io:sandboxpoolscales"),
+    (SANDBOX, "delete codeexec.io:sandboxpoolscales"),
+    (SANDBOX, "patch codeexec.io:sandboxpoolscales/status"),
     (CLUSTER, f"get namespaces {SANDBOX_NS}"),
     (TENANT, "list codeexec.io:codeexecutions"),
     (TENANT, "watch codeexec.io:codeexecutions"),
@@ -707,6 +713,8 @@ OPERATOR_MUST_NOT = [
     (CLUSTER, "create codeexec.io:sandboxpools"),
     (CLUSTER, "patch codeexec.io:sandboxpools e2e-python"),
     (CLUSTER, "delete codeexec.io:sandboxpools e2e-python"),
+    (TENANT, "create codeexec.io:sandboxpoolscales"),
+    (SANDBOX, "patch codeexec.io:sandboxpoolscales"),
     (CLUSTER, "list namespaces"),
     (CLUSTER, "watch namespaces"),
     (CLUSTER, "patch namespaces kube-system"),
@@ -1029,7 +1037,11 @@ def test_uninstall_removes_everything_but_the_crds(release: Release) -> None:
         f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
     ).stdout  # fmt: skip
     assert labelled.strip() == ""
-    for crd in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
+    for crd in (
+        "codeexecutions.codeexec.io",
+        "sandboxpools.codeexec.io",
+        "sandboxpoolscales.codeexec.io",
+    ):
         assert not gone(release.cluster, "crd", crd), f"{crd} must survive helm uninstall"
 
 

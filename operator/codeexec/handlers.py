@@ -29,6 +29,7 @@ from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
 from codeexec.preattach import Preattacher
+from codeexec.scaletarget import ScaleTargets
 from codeexec.settings import Settings
 from codeexec.supervise import supervise
 
@@ -41,6 +42,7 @@ class State:
     rt: Runtime
     executions: Executions
     egress: EgressPolicies
+    scales: ScaleTargets
     elector: LeaderElector | None
     tasks: list[asyncio.Task[None]]
     web: Any
@@ -166,6 +168,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     rt = Runtime(cfg, kube, cache, pools, broker, events, preattach, fence=fence)
     STATE.rt = rt
     STATE.executions = Executions(rt)
+    scales = STATE.scales = ScaleTargets(kube, pools, ns)
     # Each loop restarts itself after a crash (supervise.py); the watchdog is the last resort.
     loops = {
         "sandbox-pod-watch": cache.run,
@@ -174,6 +177,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         "claimed-pod-sweep": STATE.executions.sweep,
         "egress-policies": lambda: egress.run(lambda: _served_specs(pools)),
         "sandboxpool-watch": lambda: pools.run(_pools_changed),
+        "scale-targets": scales.run,
     }
     STATE.tasks = [
         *leadership,
@@ -248,6 +252,7 @@ async def cleanup(**_: Any) -> None:
 
 
 async def _pools_changed() -> None:
+    STATE.scales.changed()
     # A failure here is retried by the egress task within seconds; until then a new network
     # pool's pods have only the deny-all policy (closed, never open).
     try:

@@ -23,6 +23,7 @@ from codeexec.lifecycle import Runtime
 from codeexec.podcache import PodCache
 from codeexec.pool import PoolManager
 from codeexec.preattach import Preattacher
+from codeexec.scaletarget import ScaleTargets
 from codeexec.settings import Settings
 from codeexec.supervise import supervise
 
@@ -71,6 +72,7 @@ class Replica:
         self.rt: Runtime | None = None
         self.executions: Executions | None = None
         self.finished: finished.FinishedWatch | None = None
+        self.scales: ScaleTargets | None = None
 
     def build(self) -> Runtime:
         kube, s = self.kube, self.settings
@@ -90,7 +92,12 @@ class Replica:
         pools.queue_depth = broker.demand
         self.rt = Runtime(s, kube, cache, pools, broker, events, pre, fence=fence)
         self.executions = Executions(self.rt)
+        self.scales = ScaleTargets(kube, pools, s.sandbox_namespace)
         return self.rt
+
+    async def _pools_changed(self) -> None:
+        assert self.scales is not None
+        self.scales.changed()
 
     def lost(self) -> None:
         """The lease is gone: exit, as the real process does (unless a test keeps it alive
@@ -103,7 +110,7 @@ class Replica:
         if self.elector is not None:
             await self.elector.acquire()
         rt = self.rt or self.build()
-        assert self.executions is not None
+        assert self.executions is not None and self.scales is not None
         spawn = asyncio.get_running_loop().create_task
         lease = [spawn(self.elector.keep(), name=f"{self.name}/lease")] if self.elector else []
         loops = {
@@ -111,7 +118,8 @@ class Replica:
             "preattach": rt.preattach.run,
             "janitor": self.executions.janitor.run,
             "sweep": self.executions.sweep,
-            "pools": rt.pools.run,
+            "pools": lambda: rt.pools.run(self._pools_changed),
+            "scale-targets": self.scales.run,
         }
         self.tasks = [
             *lease,

@@ -30,6 +30,8 @@ HISTORY = 10_000
 # CodeExecution CRD's `selectableFields` (crds/codeexec.io_codeexecutions.yaml).
 SELECTABLE = {"codeexecutions": ("status.phase",)}
 # What a patch cannot change (a main-resource write also leaves status alone).
+# The spec field each scale subresource writes (the CRDs' specReplicasPath).
+SCALE_PATHS = {"sandboxpools": "size", "sandboxpoolscales": "replicas"}
 _FIXED_META = (
     "uid",
     "name",
@@ -428,6 +430,17 @@ class FakeApi:
         old = self.objects.get(key)
         if old is None:
             raise status(404, "NotFound", f'{plural} "{name}" not found')
+        if sub == "scale":  # the scale subresource of a CRD that has one
+            path = SCALE_PATHS[plural]
+            replicas = ((body or {}).get("spec") or {}).get("replicas")
+            new = copy.deepcopy(old)
+            new["spec"][path] = replicas
+            stored = self._store(key, old, new)
+            return {
+                "kind": "Scale",
+                "metadata": {k: stored["metadata"][k] for k in ("name", "resourceVersion")},
+                "spec": {"replicas": stored["spec"][path]},
+            }
         if kind == "json":
             patched = json_patch(old, body)
         else:

@@ -130,7 +130,11 @@ def installed(cluster: Cluster) -> Cluster:
     """CRDs, the sandbox namespace (Pod Security `restricted`) and the default pools."""
     for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    for crd_name in ("codeexecutions.codeexec.io", "sandboxpools.codeexec.io"):
+    for crd_name in (
+        "codeexecutions.codeexec.io",
+        "sandboxpools.codeexec.io",
+        "sandboxpoolscales.codeexec.io",
+    ):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd_name}", "--timeout=60s")
     namespace = {
         "apiVersion": "v1",

@@ -384,13 +384,19 @@ def test_the_supervisor_passes_on_a_value_no_deeper_than_the_request_allows() ->
     for _ in range(99):
         deep = [deep]
     line = json.dumps({"kind": "returned", "value": deep}).encode()
-    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0, 64)
+    result, _ = supervisor.reporting.interpret_result(
+        b'{"kind":"ready"}\n' + line + b"\n", False, 0, 64
+    )
     assert result == {"kind": "returned", "value": None, "omitted": "TooDeep", "bytes": None}
     line = b'{"kind":"returned","value":null,"omitted":"TooLarge","bytes":5000}'
-    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    result, _ = supervisor.reporting.interpret_result(
+        b'{"kind":"ready"}\n' + line + b"\n", False, 0
+    )
     assert result == {"kind": "returned", "value": None, "omitted": "TooLarge", "bytes": 5000}
     line = b'{"kind":"returned","value":7,"omitted":"Whatever","bytes":5000}'
-    result, _ = supervisor.reporting.interpret_result(b'{"kind":"ready"}\n' + line + b"\n", False, 0)
+    result, _ = supervisor.reporting.interpret_result(
+        b'{"kind":"ready"}\n' + line + b"\n", False, 0
+    )
     assert result == {"kind": "returned", "value": 7}
 
 

@@ -197,4 +197,5 @@ def test_rows_follow_the_schema_order_whatever_the_seeds() -> None:
         )  # fmt: skip
         outputs.add(done.stdout)
     assert len(outputs) == 1
-    assert re.findall(r"^## (.*)", outputs.pop(), re.M) == ["CodeExecution", "SandboxPool"]
+    kinds = ["CodeExecution", "SandboxPoolScale", "SandboxPool"]  # namespaced ones first
+    assert re.findall(r"^## (.*)", outputs.pop(), re.M) == kinds

@@ -85,6 +85,7 @@ SECRETS = Resource("", "v1", "secrets")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 CODE_EXECUTIONS = Resource("codeexec.io", "v1alpha1", "codeexecutions")
 SANDBOX_POOLS = Resource("codeexec.io", "v1alpha1", "sandboxpools", namespaced=False)
+SANDBOX_POOL_SCALES = Resource("codeexec.io", "v1alpha1", "sandboxpoolscales")
 
 
 def user_agent(component: str) -> str:
