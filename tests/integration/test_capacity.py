@@ -1,18 +1,19 @@
-"""Pools that follow demand on the real cluster: an HPA aimed at a pool's scale subresource,
-and a pool that starts from zero and goes back to zero (seconds each)."""
+"""Pools that follow demand on the real cluster: `kubectl scale` and an HPA (through the pool's
+namespaced SandboxPoolScale), and a pool that starts from zero and goes back to zero."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from e2e.fixtures import Cluster, wait_for
 
 from codeexec.client import Client
 
-from .conftest import OperatorProcess, pool_manifest, sandbox_pods
+from .conftest import SANDBOX_NS, OperatorProcess, pool_manifest, sandbox_pods
 
 pytestmark = pytest.mark.cluster
 
@@ -82,31 +83,14 @@ def test_kubectl_scale_changes_the_size_of_an_external_pool(
     wait_for(lambda: _status(cluster, name).get("desired") == 0, timeout=30, what="desired 0")
 
 
-@pytest.mark.parametrize(
-    "scaled_pool",
-    [("scale-hpa", {"size": 1, "scaling": {"mode": "External", "minReady": 0, "maxSize": 2}})],
-    indirect=True,
-)
-def test_an_hpa_is_accepted_but_cannot_reach_a_cluster_scoped_pool(
-    cluster: Cluster, scaled_pool: str, namespace: str
-) -> None:
-    """The HPA object naming a SandboxPool is accepted, but the HPA controller looks its
-    target up in the HPA's own namespace (…/namespaces/NS/sandboxpools/NAME/scale): a
-    cluster-scoped SandboxPool is not found there, so the controller reports AbleToScale
-    False (FailedGetScale). The same holds for KEDA's ScaledObject. docs/capacity.md says
-    so; `kubectl scale` is the scale path that works. (The test bed also runs no
-    metrics server: even a reachable target would get no metric.)"""
-    name = scaled_pool
-    hpa = {
+def _hpa(name: str, kind: str) -> dict[str, object]:
+    """An HPA on the pool's in-use ratio (an external metric: the test bed has no adapter)."""
+    return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": name},
         "spec": {
-            "scaleTargetRef": {
-                "apiVersion": "codeexec.io/v1alpha1",
-                "kind": "SandboxPool",
-                "name": name,
-            },
+            "scaleTargetRef": {"apiVersion": "codeexec.io/v1alpha1", "kind": kind, "name": name},
             "minReplicas": 1,
             "maxReplicas": 2,
             "metrics": [
@@ -123,16 +107,71 @@ def test_an_hpa_is_accepted_but_cannot_reach_a_cluster_scoped_pool(
             ],
         },
     }
-    cluster.apply(hpa, namespace)
 
-    def able_to_scale() -> dict[str, str] | None:
-        got = cluster.get_json("hpa", name, "-n", namespace)
-        conditions = {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
-        return conditions.get("AbleToScale")
 
-    condition = wait_for(able_to_scale, timeout=60, what="the HPA's AbleToScale condition")
-    assert condition["status"] == "False" and condition["reason"] == "FailedGetScale", condition
-    assert _status(cluster, name).get("desired") == 1  # untouched
+def _handle(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    got = cluster.kubectl(
+        "get", "sandboxpoolscale", name, "-n", SANDBOX_NS, "-o", "json", check=False
+    )
+    return json.loads(got.stdout) if got.returncode == 0 else None
+
+
+def _able_to_scale(cluster: Cluster, name: str, namespace: str) -> dict[str, str] | None:
+    got = cluster.get_json("hpa", name, "-n", namespace)
+    conditions = {c["type"]: c for c in (got.get("status") or {}).get("conditions") or []}
+    return conditions.get("AbleToScale")
+
+
+@pytest.mark.parametrize(
+    "scaled_pool",
+    [("scale-hpa", {"size": 1, "scaling": {"mode": "External", "minReady": 0, "maxSize": 2}})],
+    indirect=True,
+)
+def test_an_hpa_reaches_an_external_pool_through_its_namespaced_scale_target(
+    cluster: Cluster, scaled_pool: str, namespace: str
+) -> None:
+    """The HPA controller looks its target up in the HPA's own namespace: aimed at the
+    cluster-scoped SandboxPool it reports AbleToScale False (FailedGetScale). The operator
+    makes a SandboxPoolScale named after the External pool in the sandbox namespace; an HPA
+    there, aimed at it, gets its scale (AbleToScale True, SucceededGetScale). The test bed
+    runs no metrics server or adapter, so no HPA can compute a size here; the write it would
+    make is made by hand (`kubectl scale sandboxpoolscale`) and the pool follows it.
+    Caught: before the SandboxPoolScale existed the second HPA got FailedGetScale too."""
+    name = scaled_pool
+    handle = wait_for(lambda: _handle(cluster, name), timeout=30, what="its SandboxPoolScale")
+    assert handle["spec"]["replicas"] == 1
+    owner = handle["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("SandboxPool", name)
+    cluster.apply(_hpa(name, "SandboxPool"), namespace)
+    cluster.apply(_hpa(name, "SandboxPoolScale"), SANDBOX_NS)
+    try:
+        on_pool = wait_for(
+            lambda: _able_to_scale(cluster, name, namespace), timeout=60, what="pool HPA"
+        )
+        assert on_pool["status"] == "False" and on_pool["reason"] == "FailedGetScale", on_pool
+        on_handle = wait_for(
+            lambda: _able_to_scale(cluster, name, SANDBOX_NS), timeout=60, what="handle HPA"
+        )
+        assert on_handle["status"] == "True", on_handle
+        assert on_handle["reason"] == "SucceededGetScale", on_handle
+    finally:
+        cluster.kubectl("delete", "hpa", name, "-n", SANDBOX_NS, "--ignore-not-found")
+    # The write the HPA would make, through the handle's scale subresource.
+    cluster.kubectl("scale", "sandboxpoolscale", name, "-n", SANDBOX_NS, "--replicas=2")
+    wait_for(lambda: len(_pods_of(cluster, name)) == 2, timeout=90, what="the pool at 2")
+    assert cluster.get_json("sandboxpool", name)["spec"]["size"] == 2
+
+    def reported() -> bool:
+        status = (_handle(cluster, name) or {}).get("status") or {}
+        return status.get("replicas") == 2 and status.get("desired") == 2
+
+    wait_for(reported, timeout=30, what="the handle reports the pool's 2")
+    scale = json.loads(
+        cluster.kubectl(
+            "get", "sandboxpoolscale", name, "-n", SANDBOX_NS, "--subresource=scale", "-o", "json"
+        ).stdout
+    )
+    assert scale["status"]["selector"] == f"codeexec.io/pool={name}", scale
 
 
 @pytest.mark.parametrize(
