@@ -130,9 +130,13 @@ class ScaleTargets:
                 self.wake.set()
 
     async def sync(self) -> None:
-        wanted = {n: p for n, p in self.pools.pools.items() if external(p)}
+        served = self.pools.pools
+        wanted = {n: p for n, p in served.items() if external(p)}
         for name, handle in list(self.handles.items()):
-            if name not in wanted and _ours(handle):
+            # A served pool that left External mode. Handles of pools this installation does not
+            # serve are another's (same sandbox namespace); a deleted pool's goes with it (the
+            # garbage collector follows its owner reference).
+            if name in served and name not in wanted and _ours(handle):
                 with contextlib.suppress(ApiError):  # gone, or changed: the next round decides
                     await self.kube.delete(
                         SANDBOX_POOL_SCALES,

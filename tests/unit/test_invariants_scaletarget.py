@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from codeexec.podspec import MANAGED_BY, OPERATOR
 from tests.fakeapi import vtime
 from tests.fakeapi.operator import SANDBOX, Replica
 from tests.fakeapi.server import JSON
@@ -126,20 +127,27 @@ def test_a_write_is_passed_on_once_even_across_a_restart() -> None:
 
 def test_only_external_pools_have_a_handle() -> None:
     """A fixed pool gets none; switched to External it gets one; switched to Builtin its
-    handle is deleted (an HPA aimed at it then reports FailedGetScale, as it should).
+    handle is deleted (an HPA aimed at it then reports FailedGetScale, as it should). The
+    handle of a pool this installation does not serve (another installation sharing the
+    sandbox namespace) is left alone.
 
     Caught: without the deletion in ScaleTargets.sync a Builtin pool kept a handle through
-    which an HPA would have fought the built-in autoscaler."""
+    which an HPA would have fought the built-in autoscaler; without the `name in served` test
+    the other installation's handle was deleted."""
 
     async def scenario() -> None:
         w = World(pool_size=2)
+        theirs = {"metadata": {"name": "theirs", "labels": {MANAGED_BY: OPERATOR}}}
+        w.api.create(HANDLES, SANDBOX, {**theirs, "spec": {"replicas": 3}})
         op = Replica(w.api)
         await op.start()
         await vtime.settle(10)
         assert _handle(w) is None
+        assert w.api.read(HANDLES, SANDBOX, "theirs") is not None
         _scaling(w, mode="External", minReady=1, maxSize=6)
         await vtime.until(lambda: _handle(w) is not None, what="made for External")
         _scaling(w, mode="Builtin", minReady=1, maxSize=6)
         await vtime.until(lambda: _handle(w) is None, what="deleted for Builtin")
+        assert w.api.read(HANDLES, SANDBOX, "theirs") is not None
 
     vtime.run(scenario)
