@@ -22,7 +22,14 @@ from codeexec.claim import Broker
 from codeexec.controller import Executions
 from codeexec.egress import EgressPolicies
 from codeexec.kube import config, kopfjson
-from codeexec.kube.client import NAMESPACES, NETWORK_POLICIES, ApiError, Kube, new_session
+from codeexec.kube.client import (
+    NAMESPACES,
+    NETWORK_POLICIES,
+    ApiError,
+    Kube,
+    new_session,
+    small_tls_buffers,
+)
 from codeexec.kube.events import Recorder
 from codeexec.kube.lease import Fence, LeaderElector, unfenced
 from codeexec.lifecycle import Runtime
@@ -117,6 +124,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     # Before Kopf's first list: a deeply nested object must not kill its watchers.
     kopfjson.install()
+    # Before any connection: each held attach session costs 66 KiB instead of 292 KiB.
+    small_tls_buffers()
     kube = Kube(config.load(), component="operator", observe=metrics.api_request)
     STATE.tasks = []
     STATE.closing = []
