@@ -9,8 +9,9 @@
    submissions until then. The same burst then runs on a fixed pool of 12 (filled first):
    its queue wait, and its pod-seconds over the same window (12 idle pods after its burst).
 2. From zero: a pool with minReady 0 gets one execution while empty (the cold path: a pod
-   started for it), then one while a pod is warm; end-to-end latency of each, and the time
-   until the pool is empty again.
+   started for it) and the time until the pool is empty again, `--zero-n` times; then, with
+   minReady raised to 1, as many executions on a warm pod of the same pool: end-to-end latency
+   of each.
 3. Steady: Poisson arrivals at `--steady-rate` per second for `--steady-seconds` on a pool
    with minReady 1 / maxSize 12: the pool's desired size over time, its range once the rate
    window and the cooldown have passed, PoolExhausted count, queue wait.
@@ -251,24 +252,36 @@ class Capacity:
         empty_again: list[float] = []
         failures: list[dict[str, Any]] = []
         for i in range(self.args.zero_n):
+            # Cold: the pool is empty; the execution waits for a pod started for it.
             await self.back_to(ZERO_POOL, 0, RATE_WINDOW_SECONDS + 120)
-            for series in (cold, warm):
-                if series is warm:
-                    await self.until(
-                        "a warm pod",
-                        lambda: int(self.trace.last(ZERO_POOL).get("ready") or 0) >= 1,
-                        120,
-                    )
-                t0 = time.perf_counter()
-                name, fut = await self.submit(ZERO_POOL, i, 0.0)
-                got = await self.outcome(name, fut, i, timeout=300)
-                if got["ok"]:
-                    series.append((got["done"] - t0) * 1000)
-                else:
-                    failures.append(got)
+            t0 = time.perf_counter()
+            name, fut = await self.submit(ZERO_POOL, i, 0.0)
+            got = await self.outcome(name, fut, i, timeout=300)
+            if got["ok"]:
+                cold.append((got["done"] - t0) * 1000)
+            else:
+                failures.append(got)
             t_last = time.perf_counter()
             await self.back_to(ZERO_POOL, 0, RATE_WINDOW_SECONDS + 120)
             empty_again.append(time.perf_counter() - t_last)
+        # Warm, on the same pool: minReady 1 keeps a pod ready (a lone execution on a pool of
+        # minReady 0 leaves none behind: it is no steady demand), and each run takes it.
+        await self.kube.patch(SANDBOX_POOLS, ZERO_POOL, {"spec": {"scaling": {"minReady": 1}}})
+        for i in range(self.args.zero_n):
+            await asyncio.sleep(2.0)  # the status is written at most once a second
+
+            def one_ready() -> bool:
+                s = self.trace.last(ZERO_POOL)
+                return int(s.get("ready") or 0) >= 1 and not s.get("claimed")
+
+            await self.until("a warm pod", one_ready, 120)
+            t0 = time.perf_counter()
+            name, fut = await self.submit(ZERO_POOL, self.args.zero_n + i, 0.0)
+            got = await self.outcome(name, fut, self.args.zero_n + i, timeout=300)
+            if got["ok"]:
+                warm.append((got["done"] - t0) * 1000)
+            else:
+                failures.append(got)
         await self.kube.delete(SANDBOX_POOLS, ZERO_POOL)
         return {
             "n": self.args.zero_n,

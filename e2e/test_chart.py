@@ -287,7 +287,8 @@ def test_sandbox_role_grants_no_exec_logs_or_portforward(helm_bin: Path) -> None
     role = find(docs, "Role", f"{RELEASE}-codeexec-operator-sandbox")
     assert role["metadata"]["namespace"] == "codeexec-sandbox"
     resources = {res for rule in role["rules"] for res in rule["resources"]}
-    assert resources == {"pods", "pods/attach", "networkpolicies"}
+    expected = {"pods", "pods/attach", "networkpolicies", "sandboxpoolscales"}
+    assert resources == expected | {"sandboxpoolscales/status"}
     for cluster_role in (d for d in docs if d["kind"] == "ClusterRole"):
         for rule in cluster_role["rules"]:
             assert not {"pods", "pods/attach", "pods/exec", "secrets"} & set(rule["resources"])

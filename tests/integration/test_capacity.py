@@ -136,7 +136,8 @@ def test_an_hpa_reaches_an_external_pool_through_its_namespaced_scale_target(
     there, aimed at it, gets its scale (AbleToScale True, SucceededGetScale). The test bed
     runs no metrics server or adapter, so no HPA can compute a size here; the write it would
     make is made by hand (`kubectl scale sandboxpoolscale`) and the pool follows it.
-    Caught: before the SandboxPoolScale existed the second HPA got FailedGetScale too."""
+    Caught: with the scale-targets loop left out of handlers.startup no SandboxPoolScale appeared
+    and this failed."""
     name = scaled_pool
     handle = wait_for(lambda: _handle(cluster, name), timeout=30, what="its SandboxPoolScale")
     assert handle["spec"]["replicas"] == 1
