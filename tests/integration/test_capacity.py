@@ -195,3 +195,53 @@ async def test_an_empty_pool_runs_an_execution_and_returns_to_zero(
     wait_for(lambda: not _pods_of(cluster, name), timeout=60, what="back to zero")
     # The status is written at most once a second: it may trail the pods by that much.
     wait_for(lambda: _status(cluster, name).get("desired") == 0, timeout=10, what="desired 0")
+
+
+@pytest.mark.parametrize(
+    "scaled_pool",
+    [
+        (
+            "scale-nowhere",
+            {
+                "size": 2,
+                "readyTimeoutSeconds": 5,  # a pod not warm in 5 s is replaced, unless unplaced
+                "nodeSelector": {"codeexec.io/test-no-such-node": "true"},
+            },
+        )
+    ],
+    indirect=True,
+)
+def test_pods_that_cannot_be_scheduled_are_counted_reported_and_not_churned(
+    cluster: Cluster, scaled_pool: str
+) -> None:
+    """A pool whose pods fit no node (a nodeSelector no node matches): the scheduler marks
+    them Unschedulable; the pool counts them in status.unschedulable, reports
+    Schedulable=False, and keeps the same pods instead of replacing them in a loop.
+    Caught: with `pod.unschedulable is None` taken out of PoolManager._doomed the keeper
+    replaced them every readyTimeoutSeconds (5 s here) and the pod names changed."""
+    name = scaled_pool
+
+    def reported() -> dict[str, Any] | None:
+        got = cluster.get_json("sandboxpool", name)
+        status = got.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        schedulable = conditions.get("Schedulable") or {}
+        if status.get("unschedulable") == 2 and schedulable.get("status") == "False":
+            return schedulable
+        return None
+
+    condition = wait_for(reported, timeout=90, what="2 unschedulable, Schedulable=False")
+    assert condition["reason"] == "Unschedulable", condition
+    first = sorted(_pods_of(cluster, name))
+    assert len(first) == 2
+    time.sleep(20)  # several keeper rounds: nothing is replaced or added while they wait
+    assert sorted(_pods_of(cluster, name)) == first
+    for pod in first:
+        scheduled = {
+            c["type"]: c
+            for c in (cluster.get_json("pod", pod, "-n", SANDBOX_NS).get("status") or {}).get(
+                "conditions"
+            )
+            or []
+        }.get("PodScheduled") or {}
+        assert scheduled.get("reason") == "Unschedulable", scheduled
