@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from codeexec import informer, podspec
-from codeexec.kube.client import PODS, Kube
+from codeexec.kube.client import PODS, Kube, older
 from codeexec.outcomes import Terminated
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,6 @@ class PodView:
     @property
     def warm_ready(self) -> bool:
         return self.state == podspec.WARM and self.ready and not self.deleting and not self.finished
-
-
-def _older(candidate: str, current: str) -> bool:
-    # resourceVersions are opaque by contract but etcd's are integers; compare only those.
-    if candidate.isdigit() and current.isdigit():
-        return int(candidate) < int(current)
-    return False
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -185,7 +178,7 @@ class PodCache:
             if (
                 old is not None
                 and old.uid == new.uid
-                and _older(new.resource_version, old.resource_version)
+                and older(new.resource_version, old.resource_version)
             ):
                 return
             self.pods[name] = new

@@ -19,7 +19,7 @@ from typing import Any
 
 from codeexec import backoff, informer, podspec
 from codeexec.api.models import API_VERSION
-from codeexec.kube.client import SANDBOX_POOL_SCALES, SANDBOX_POOLS, ApiError, Kube
+from codeexec.kube.client import SANDBOX_POOL_SCALES, SANDBOX_POOLS, ApiError, Kube, older
 from codeexec.pool import Pool, PoolManager
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class ScaleTargets:
         watch echoes them; a late event must not roll a handle back)."""
         name = obj["metadata"]["name"]
         held = self.handles.get(name)
-        if held is not None and _version(held) > _version(obj):
+        if held is not None and older(_rv(obj), _rv(held)):
             return
         self.handles[name] = obj
 
@@ -186,8 +186,5 @@ def _ours(handle: dict[str, Any]) -> bool:
     return labels.get(podspec.MANAGED_BY) == podspec.OPERATOR
 
 
-def _version(obj: dict[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
+def _rv(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")

@@ -38,6 +38,16 @@ def _hpa_writes(w: World, replicas: int) -> None:
     w.api.patch(HANDLES, SANDBOX, POOL, {"spec": {"replicas": replicas}}, "merge", "scale")
 
 
+async def _external_pool_with_its_handle() -> tuple[World, Replica]:
+    """A pool of 2 in External mode (1..6) served by a running replica that made its handle."""
+    w = World(pool_size=2)
+    _scaling(w, mode="External", minReady=1, maxSize=6)
+    op = Replica(w.api)
+    await op.start()
+    await vtime.until(lambda: _handle(w) is not None, what="the handle is made")
+    return w, op
+
+
 def _forwards(w: World) -> int:
     return len([c for c in w.api.calls if c.plural == "sandboxpools" and c.sub == "scale"])
 
@@ -59,11 +69,7 @@ def test_what_an_hpa_writes_to_the_handle_reaches_the_pool_within_its_bounds() -
     passing on whenever the sizes differed (not once per generation) undid the kubectl scale."""
 
     async def scenario() -> None:
-        w = World(pool_size=2)
-        _scaling(w, mode="External", minReady=1, maxSize=6)
-        op = Replica(w.api)
-        await op.start()
-        await vtime.until(lambda: _handle(w) is not None, what="the handle is made")
+        w, _op = await _external_pool_with_its_handle()  # the replica keeps running
         handle = _handle(w)
         assert handle is not None
         assert handle["spec"]["replicas"] == 2
@@ -104,11 +110,7 @@ def test_a_write_is_passed_on_once_even_across_a_restart() -> None:
     made the restarted operator scale the pool back from 3 to 5."""
 
     async def scenario() -> None:
-        w = World(pool_size=2)
-        _scaling(w, mode="External", minReady=1, maxSize=6)
-        op = Replica(w.api)
-        await op.start()
-        await vtime.until(lambda: _handle(w) is not None, what="the handle is made")
+        w, op = await _external_pool_with_its_handle()
         _hpa_writes(w, 5)
         await vtime.until(lambda: _pool(w)["spec"]["size"] == 5 and _caught_up(w))
         assert _forwards(w) == 1

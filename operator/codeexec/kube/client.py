@@ -111,6 +111,14 @@ def small_tls_buffers(size: int = TLS_READ_BUFFER) -> None:
         asyncio.sslproto.SSLProtocol.max_size = size
 
 
+def older(candidate: str, current: str) -> bool:
+    """Whether resourceVersion `candidate` is older than `current`. They are opaque by contract
+    but etcd's are integers; only those are compared (anything else is never older)."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) < int(current)
+    return False
+
+
 def new_session(
     conn: Connection,
     *,
