@@ -59,11 +59,12 @@ integration: venv tools cluster-up images ## integration and end-to-end tests ag
 
 .PHONY: bench-deps
 bench-deps: venv
-	$(VENV)/bin/pip install -q 'matplotlib>=3.8'
+	$(VENV)/bin/pip install -q 'matplotlib>=3.8' 'py-spy>=0.4'
 
 .PHONY: bench
 bench: bench-deps cluster-up images ## warm vs cold latency, throughput vs raw pod churn, operator cost, autoscaled pools -> bench/results.*
 	$(PY) -m bench
+	$(PY) -m bench.statuswrite
 	$(PY) -m bench.capacity
 
 .PHONY: chaos

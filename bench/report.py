@@ -10,6 +10,7 @@ from typing import Any
 
 from bench import capacity, runtimes
 from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
+from codeexec.protocol import ROAD_PARTS
 
 log = logging.getLogger("bench")
 
@@ -233,6 +234,7 @@ def render_bench(r: dict[str, Any]) -> str:
             "claim",
             "status_write",
             "deliver_and_run",
+            *(f"road_{part}" for part in ROAD_PARTS),
             "runner_wall",
             "end_to_end",
         ):
@@ -254,6 +256,22 @@ def render_bench(r: dict[str, Any]) -> str:
             "",
         ]
         out.append(md_table(["language", "step", "count", "mean ms", "~p50 ms", "~p99 ms"], rows))
+        out.append("")
+    rows = []
+    for lang in ("python", "nodejs"):
+        w = warm.get(lang, {}).get("cluster_writes_per_execution") or {}
+        for who, verbs in (w.get("by_component_and_verb") or {}).items():
+            detail = ", ".join(f"{what} {n}" for what, n in verbs.items())
+            rows.append([lang, who, w["by_component"].get(who), detail])
+        if w.get("available"):
+            rows.append([lang, "**all**", w["total"], ""])
+    if rows:
+        out += [
+            "Cluster-wide writes per warm execution (the API server's audit log; replacement pod",
+            "included):",
+            "",
+        ]
+        out.append(md_table(["language", "component", "writes", "by verb"], rows))
         out.append("")
     tp = r.get("throughput")
     if tp:

@@ -216,6 +216,21 @@ nodePortAddresses: ["$HOST_IP/32"]
 EOF
 }
 
+# Every write the API server accepts, one JSON line each (who, verb, resource), so the bench
+# can count a cluster's writes per execution by component (docs/benchmarks.md). Reads are not
+# logged: a write costs the API server one ~1 KB line, a read would cost the same for nothing.
+write_audit_policy() {
+  cat >"$CONF/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+EOF
+}
+
 # RBAC for kube-router's network-policy controller: it runs on the host with its own
 # client certificate (user system:kube-router). Upstream's daemonset manifest grants the same.
 # Also the RuntimeClass gvisor (the containerd runtime of the same name, see above).

@@ -167,7 +167,10 @@ start_apiserver() {
     --enable-admission-plugins NodeRestriction \
     --allow-privileged=true \
     --profiling=false \
-    --event-ttl 1h
+    --event-ttl 1h \
+    --audit-policy-file "$CONF/audit-policy.yaml" \
+    --audit-log-path "$LOGS/audit.log" --audit-log-format json \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1
   wait_until kube-apiserver 120 kubectl_admin get --raw /readyz
 }
 
@@ -272,6 +275,7 @@ main() {
   write_kubelet_config
   write_kube_proxy_config
   write_bootstrap_manifests
+  write_audit_policy
   guard_forwarding
 
   start_containerd

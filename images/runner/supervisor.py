@@ -266,6 +266,10 @@ class Supervisor:
         self.stdin_buf = bytearray()
         self.stdin_open = True
         self.watch: Any = None  # evidence.Watch while the code runs
+        # Wall-clock marks of the request's road through the pod (epoch seconds): the operator
+        # sets them against its own to split a run's time into frame out, in-pod and report
+        # back (one node's clock on both sides in the test bed; docs/benchmarks.md).
+        self.marks: dict[str, float] = {}
 
     # -- process management ------------------------------------------------------------------
 
@@ -468,6 +472,8 @@ class Supervisor:
             self.res_overflow = True  # keep draining so the writer never blocks
         else:
             self.res_buf += data
+        if self.started and "resultAt" not in self.marks and data.endswith(b"\n"):
+            self.marks["resultAt"] = time.time()
         if self.ready_state is None and b"\n" in self.res_buf:
             first = reporting.parse_record(bytes(self.res_buf.split(b"\n", 1)[0])) or {}
             self.ready_state = first.get("kind") == "ready"
@@ -533,6 +539,7 @@ class Supervisor:
             self.pump(None, want_stdin=True)
         if len(line) > MAX_REQUEST_BYTES:
             return self.not_started(None, f"request line longer than {MAX_REQUEST_BYTES} bytes")
+        self.marks["receivedAt"] = time.time()
         request, rid, problem = parse_request(line, self.config.language)
         if request is None:
             return self.not_started(rid, problem or "invalid request")
@@ -587,6 +594,7 @@ class Supervisor:
         # attach session carried it.
         _write_all(1, started.encode("ascii") + b"\n", timeout_s=2.0)
         self.request_id, self.started = request.id, True
+        self.marks["startedAt"] = time.time()
         self.watch = evidence.Watch(
             evidence.Kernel(self.config.cgroup.root, self.config.proc_net),
             process_limit=self.config.max_processes,
@@ -630,6 +638,7 @@ class Supervisor:
             self.pump(max(wait, 0.0), want_stdin=False)
         ended = self.exited_at if self.exited_at is not None else _now()
         if self.exited_at is not None:
+            self.marks["exitedAt"] = time.time() - (_now() - self.exited_at)
             self.reap()
         else:
             self.signal_worker(signal.SIGKILL)
@@ -738,6 +747,9 @@ class Supervisor:
             "warmMs": warm,
             "landlock": self.config.landlock,
         }
+        if self.marks:
+            self.marks["reportAt"] = time.time()
+            rep["timing"] = {k: round(v, 6) for k, v in self.marks.items()}
         return rep
 
     # -- output --------------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class Delivery:
     started: bool
     # The artifact records that came with the report (empty without one).
     artifacts: tuple[ArtifactRecord, ...] = ()
+    # Our clock when the request last went out and when its report arrived (road_parts).
+    sent_at: float = 0.0
+    seen_at: float = 0.0
 
 
 class NeverSent(Exception):
@@ -57,10 +60,12 @@ class _Exchange:
         self.fence = fence
         self.reader = ReportReader(request.id, request.max_line_bytes())
         self.sent = False
+        self.sent_at = self.seen_at = 0.0
 
     async def run(self, session: AttachSession, pod: str, *, confirm: bool) -> Report | None:
         self.fence()  # a deposed leader sends nothing, not even a resend
         self.sent = True  # from here on, some bytes may be out: never call it unsent again
+        self.sent_at = clock.time()
         await session.send(self.request.encode())
         # Give the bytes time to cross the wire: the test wants the code running, not lost.
         asyncio.get_running_loop().call_later(0.5, failpoints.hit, failpoints.AFTER_DELIVERY)
@@ -77,6 +82,7 @@ class _Exchange:
             if frame.channel == STDOUT:
                 report = self.reader.feed(frame.data)
                 if report is not None:
+                    self.seen_at = clock.time()
                     return report
             elif frame.channel == ERROR:
                 status = error_status(frame.data)
@@ -119,7 +125,7 @@ async def deliver(
     report = await _deliver(kube, cache, namespace, pod, exchange, deadline, held, fresh)
     started = exchange.reader.started or (report is not None and report.started)
     artifacts = tuple(exchange.reader.artifacts) if report is not None else ()
-    return Delivery(report, started, artifacts)
+    return Delivery(report, started, artifacts, exchange.sent_at, exchange.seen_at)
 
 
 async def _deliver(

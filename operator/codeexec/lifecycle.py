@@ -38,7 +38,7 @@ from codeexec.podcache import PodCache
 from codeexec.poddelete import delete_pod
 from codeexec.pool import Pool, PoolManager
 from codeexec.preattach import Preattacher
-from codeexec.protocol import Report, Request, new_request_id
+from codeexec.protocol import Report, Request, new_request_id, road_parts
 from codeexec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -416,6 +416,11 @@ class Road:
             raise NotStarted(str(err)) from err
         metrics.STEP.labels("deliver_and_run").observe(clock.monotonic() - started)
         report = delivery.report
+        if report is not None and report.started:
+            for part, seconds in road_parts(
+                delivery.sent_at, delivery.seen_at, report.timing
+            ).items():
+                metrics.ROAD.labels(part).observe(seconds)
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
             outcome = classify(_with(evidence, report=report))
@@ -498,9 +503,10 @@ class Road:
             outcome, res, created_at=ex.created_at, generation=ex.generation, sandbox=sandbox
         )
         await self.write_terminal(ex.name, ex.namespace, ex.status, body)
-        self.rt.events.record(
-            ex.body, outcome.reason.value, outcome.message, warning=not outcome.succeeded
-        )
+        if not outcome.succeeded or self.rt.settings.success_events:
+            self.rt.events.record(
+                ex.body, outcome.reason.value, outcome.message, warning=not outcome.succeeded
+            )
         lang = ex.spec.language
         metrics.EXECUTIONS.labels(lang, outcome.reason.value).inc()
         metrics.END_TO_END.labels(lang).observe(max(0.0, clock.time() - ex.created))

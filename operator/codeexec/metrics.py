@@ -39,6 +39,31 @@ STEP = Histogram(
     ["step"],
     buckets=_LATENCY_BUCKETS,
 )
+# Milliseconds matter here: a warm run's parts are 0.1-20 ms each.
+ROAD = Histogram(
+    "codeexec_road_seconds",
+    "A delivered run's time by part: frame_out, start, run, exit, wrap_up, report_back "
+    "(frame_out and report_back compare the operator's clock with the pod's node's)",
+    ["part"],
+    buckets=(
+        0.0005,
+        0.001,
+        0.002,
+        0.004,
+        0.006,
+        0.008,
+        0.01,
+        0.015,
+        0.02,
+        0.03,
+        0.05,
+        0.1,
+        0.25,
+        1.0,
+        5.0,
+        30.0,
+    ),
+)
 CLAIM_CONFLICTS = Counter(
     "codeexec_claim_conflicts_total", "Claims lost to another claimer (409) or a vanished pod"
 )

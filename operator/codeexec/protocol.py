@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ class Report:
     artifact_limit: dict[str, Any] | None = None
     artifact_problem: str | None = None
     compact: bool = False
+    # The supervisor's wall-clock marks (epoch seconds): see road_parts.
+    timing: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], *, compact: bool = False) -> Report:
@@ -167,7 +170,55 @@ class Report:
             if doc.get("artifactProblem")
             else None,
             compact=compact,
+            timing=_timing(doc.get("timing")),
         )
+
+
+TIMING_MARKS = ("receivedAt", "startedAt", "resultAt", "exitedAt", "reportAt")
+ROAD_PARTS = ("frame_out", "start", "run", "exit", "wrap_up", "report_back")
+
+
+def _timing(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in raw.items()
+        if k in TIMING_MARKS and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+# Marks further apart than this, or out of order by more than the clocks' disagreement, are
+# not a measurement (a pod on another node with a skewed clock, a resumed delivery).
+_ROAD_MAX_SECONDS = 3600.0
+_ROAD_SKEW_SECONDS = 0.005
+
+
+def road_parts(sent_at: float, seen_at: float, timing: dict[str, float]) -> dict[str, float]:
+    """One delivery's time, in seconds, split by where it went: `frame_out` (our send to the
+    supervisor holding the request line), `start` (to the code handed over), `run` (to the
+    result record), `exit` (to the worker's exit), `wrap_up` (evidence, artifacts, the
+    report) and `report_back` (the report's line to us). The two crossings compare our clock
+    with the pod's: they are left out when the marks disagree with our own."""
+    marks = [("sent", sent_at)]
+    marks += [(k, timing[k]) for k in TIMING_MARKS if k in timing]
+    marks.append(("seen", seen_at))
+    names = {
+        ("sent", "receivedAt"): "frame_out",
+        ("receivedAt", "startedAt"): "start",
+        ("startedAt", "resultAt"): "run",
+        ("resultAt", "exitedAt"): "exit",
+        ("reportAt", "seen"): "report_back",
+    }
+    parts: dict[str, float] = {}
+    for (a, ta), (b, tb) in itertools.pairwise(marks):
+        d = tb - ta
+        if d < -_ROAD_SKEW_SECONDS or d > _ROAD_MAX_SECONDS:
+            return {}
+        part = names.get((a, b), "wrap_up" if b == "reportAt" else None)
+        if part is not None:
+            parts[part] = parts.get(part, 0.0) + max(d, 0.0)
+    return parts
 
 
 def _listing(raw: Any) -> tuple[dict[str, Any], ...]:

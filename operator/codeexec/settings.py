@@ -49,6 +49,12 @@ class Settings:
     s3_secret_access_key: str = field(
         default_factory=lambda: _env("S3_SECRET_ACCESS_KEY", ""), repr=False
     )
+    # A Normal Event for every execution that succeeds (CODEEXEC_SUCCESS_EVENTS). Off by
+    # default: at agent rates that is one more write per execution, kept by etcd for the
+    # Event TTL, saying what the status already says. Failures and waits always get one.
+    success_events: bool = field(
+        default_factory=lambda: _env("SUCCESS_EVENTS", "false").lower() == "true"
+    )
     metrics_port: int = field(default_factory=lambda: int(_env("METRICS_PORT", "8080")))
     leader_election: bool = field(
         default_factory=lambda: _env("LEADER_ELECTION", "false").lower() == "true"

@@ -71,15 +71,23 @@ async def test_printer_columns_and_events(cx: Client, cluster: Cluster, namespac
     row = table.splitlines()[1].split()
     assert row[:5] == ["columns", "python", "Succeeded", "Succeeded", "0"]
 
-    def reasons() -> set[str] | None:
-        items = cluster.get_json("events", "-n", namespace).get("items", [])
-        found = {e["reason"] for e in items if e["involvedObject"]["name"] == "columns"}
-        return found if "Succeeded" in found else None
+    failed = await cx.run("def main():\n    raise KeyError('k')\n", name="fails", wait_timeout=120)
+    assert failed.status.reason == "UserException"
 
-    # One Event per outcome (plus WaitingForPod if it had to wait); the claimed pod is in the
-    # status, not in an Event of its own.
-    found = wait_for(reasons, timeout=30, what="a Succeeded event")
-    assert found - {"WaitingForPod"} == {"Succeeded"}
+    def reasons(name: str) -> set[str]:
+        items = cluster.get_json("events", "-n", namespace).get("items", [])
+        return {e["reason"] for e in items if e["involvedObject"]["name"] == name}
+
+    # One Event per failed outcome (plus WaitingForPod if it had to wait); a success gets
+    # none by default (operator.successEvents): its status says it all. The claimed pod is in
+    # the status, not in an Event of its own.
+    found = wait_for(
+        lambda: reasons("fails") if "UserException" in reasons("fails") else None,
+        timeout=30,
+        what="a UserException event",
+    )
+    assert found - {"WaitingForPod"} == {"UserException"}
+    assert reasons("columns") - {"WaitingForPod"} == set()
 
 
 async def test_ttl_deletes_finished_execution(cx: Client, namespace: str) -> None:

@@ -411,3 +411,17 @@ def test_the_request_carries_the_result_limits_to_the_runner() -> None:
     request, _, problem = supervisor.parse_request(line.strip(), "python")
     assert problem is None and request is not None
     assert (request.max_result_bytes, request.max_result_depth) == (256 * 1024, 64)
+
+
+def test_the_report_marks_each_part_of_the_road_in_order(run):
+    # The operator splits a run's time with these marks (protocol.road_parts): a mark taken out
+    # of order would put time in the wrong part, and a missing one would hide the worker's exit.
+    code = "import time\ndef main():\n    time.sleep(0.05)\n    return 1"
+    r = run("python", code, request_id="road-marks-00000001")
+    marks = ReportReader("road-marks-00000001").feed(r.raw_stdout)
+    assert marks is not None and marks.started, r.describe()
+    timing = marks.timing
+    order = ["receivedAt", "startedAt", "resultAt", "exitedAt", "reportAt"]
+    assert list(timing) == order, timing
+    assert [timing[k] for k in order] == sorted(timing[k] for k in order)
+    assert timing["resultAt"] - timing["startedAt"] >= 0.05  # the sleep is in the run part
