@@ -63,9 +63,6 @@ class AuditLog:
     def __init__(self, path: Path = AUDIT_LOG) -> None:
         self.path = path
 
-    def available(self) -> bool:
-        return self.path.exists()
-
     def mark(self) -> Mark | None:
         try:
             st = os.stat(self.path)

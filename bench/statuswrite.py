@@ -25,7 +25,7 @@ import yaml
 
 from bench.cluster import CRDS, ensure_crds, poll
 from bench.command import add_common_args, bench_main, on_cluster, smoke_defaults
-from bench.metrics import Metrics, apiserver_metrics
+from bench.metrics import Metrics, apiserver_metrics, histogram_delta
 from bench.results import machine_info, save_section, summarize, utcnow
 from bench.scale import finished_status
 from bench.workload import create_namespace
@@ -93,18 +93,17 @@ async def series(
 def server_means(a0: Metrics, a1: Metrics, group: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for verb, sub in (("POST", ""), ("PATCH", "status")):
-        match = {"verb": verb, "group": group, "resource": "codeexecutions", "subresource": sub}
-        count = a1.total("apiserver_request_duration_seconds_count", **match) - a0.total(
-            "apiserver_request_duration_seconds_count", **match
+        h = histogram_delta(
+            a0,
+            a1,
+            "apiserver_request_duration_seconds",
+            verb=verb,
+            group=group,
+            resource="codeexecutions",
+            subresource=sub,
         )
-        total = a1.total("apiserver_request_duration_seconds_sum", **match) - a0.total(
-            "apiserver_request_duration_seconds_sum", **match
-        )
-        if count:
-            out[f"{verb} {sub or 'object'}"] = {
-                "count": int(count),
-                "mean_ms": round(1000 * total / count, 2),
-            }
+        if h["count"]:
+            out[f"{verb} {sub or 'object'}"] = {"count": h["count"], "mean_ms": h["mean_ms"]}
     return out
 
 

@@ -123,14 +123,12 @@ def schedulable_condition(pool: Pool, counts: Counts, message: str | None) -> di
 
 
 def _news(
-    before: dict[str, Any] | None,
+    before: dict[str, Any],
     after: dict[str, Any],
     conditions_before: list[dict[str, Any]],
     conditions_after: list[dict[str, Any]],
 ) -> bool:
     """Whether a pool's new status says more than that its counts moved."""
-    if before is None:
-        return True
     if any(before.get(k) != after.get(k) for k in _NEWS):
         return True
     flips = {c.get("type"): c.get("status") for c in conditions_before}
