@@ -145,6 +145,29 @@ def interpret_result(
     worker then exited the way its harness does after writing it (0 after "returned", 1 after
     "error"): a crash, kill or a stray write from the user's code leaves result null.
     """
+    rec, ready = _the_record(data, overflowed)
+    if rec is None or exit_code is None or harness_exit_code(rec) != exit_code:
+        return None, ready
+    if rec["kind"] == "returned":
+        return _returned(rec, max_depth), ready
+    return _sanitize_error(rec), ready
+
+
+def harness_exit_code(rec: dict[str, Any] | None) -> int | None:
+    """The exit code the harness leaves with after writing `rec` (None: not a harness record)."""
+    if rec is None:
+        return None
+    if rec.get("kind") == "returned" and "value" in rec:
+        return 0
+    return 1 if rec.get("kind") == "error" else None
+
+
+def record_in(data: bytes, overflowed: bool) -> dict[str, Any] | None:
+    """The one complete record after the ready line, or None while there is not exactly one."""
+    return _the_record(data, overflowed)[0]
+
+
+def _the_record(data: bytes, overflowed: bool) -> tuple[dict[str, Any] | None, bool]:
     lines = data.split(b"\n")
     ready = (parse_record(lines[0]) or {}).get("kind") == "ready"
     if ready:
@@ -154,14 +177,7 @@ def interpret_result(
     records = [line for line in lines if line]
     if len(records) != 1 or not data.endswith(b"\n"):
         return None, ready
-    rec = parse_record(records[0])
-    if rec is None:
-        return None, ready
-    if rec.get("kind") == "returned" and "value" in rec and exit_code == 0:
-        return _returned(rec, max_depth), ready
-    if rec.get("kind") == "error" and exit_code == 1:
-        return _sanitize_error(rec), ready
-    return None, ready
+    return parse_record(records[0]), ready
 
 
 def parse_record(line: bytes) -> dict[str, Any] | None:

@@ -8,77 +8,54 @@ contract is docs/runner-protocol.md; this file is the only writer of the contain
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
-import re
 import resource
 import select
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
+# `python -I` leaves this file's directory off sys.path; the runner's modules live beside it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def _sibling(name: str) -> ModuleType:
-    # `python -I` leaves this file's directory off sys.path: load the runner's modules by path.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"codeexec_runner_{name}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+import confine
+import exiting
+import processes
+import reporting
+import workfiles
+from fds import ensure_std_fds, read_ready, write_all
+from requestline import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_REQUEST_BYTES,
+    PROTOCOL,
+    Request,
+    parse_request,
+)
+from settings import Config, parse_args
 
+import evidence
 
-confine = _sibling("confine")
-evidence = _sibling("evidence")
-workfiles = _sibling("workfiles")
-reporting = _sibling("reporting")
+__all__ = ["PROTOCOL", "Request", "Supervisor", "main", "parse_request"]
 
-PROTOCOL = "codeexec.io/runner/v1"
 RUNNER_VERSION = "1"
-LANGUAGES = {"python": ("python", "worker.py"), "nodejs": ("nodejs", "worker.js")}
-
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 # Room for the record's envelope and an error record's message/traceback/causes.
 RESULT_SLACK_BYTES = 64 * 1024
-DEFAULT_MAX_PROCESSES = 256
-# RLIMIT_FSIZE of the worker when the pod does not say (podspec passes the scratch size).
-DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 STARTUP_DIAG_BYTES = 2048
-READ_CHUNK = 65536
 
 KILL_GRACE_S = 0.5  # SIGTERM -> SIGKILL on timeout
 UNKILLABLE_S = 5.0  # after SIGKILL, stop waiting for a worker stuck in the kernel
 DRAIN_GRACE_S = 1.0  # after the worker is gone, stop reading pipes held by strays
-CLEANUP_S = 2.0  # bound on killing and reaping leftovers
 STARTUP_ALLOWANCE_S = 30.0  # for a request that arrives while the worker is still importing
 TICK_S = 0.01  # poll tick when pidfd_open is unavailable (e.g. some gVisor versions)
 ORPHAN_TICK_S = 0.1  # orphans' deaths wake nobody (no SIGCHLD handler): reap them this often
-
-ID_RE = re.compile(r"[A-Za-z0-9-]{16,64}")
-
-PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
-
-
-class ProtocolError(Exception):
-    """The request is not a valid runner/v1 request; the message goes into the report."""
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
+# With the result record in, how often /proc is read for the worker's stored exit status: it
+# comes microseconds after the record, the freeing of its memory (what it saves) 5-45 ms later.
+EXIT_PEEK_S = 0.001
 
 
 def _now() -> float:
@@ -87,158 +64,6 @@ def _now() -> float:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
-
-
-def _prctl(option: int, arg: int) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(option, arg, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _ensure_std_fds() -> None:
-    # With 0/1/2 closed, os.pipe() could hand out 1 and the report would go into a pipe.
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-
-
-def _write_all(fd: int, data: bytes, timeout_s: float = 10.0) -> bool:
-    end = _now() + timeout_s
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-            view = view[n:]
-        except BlockingIOError:
-            if _now() > end:
-                return False
-            select.select([], [fd], [], 0.05)
-        except InterruptedError:
-            continue
-        except OSError:
-            return False
-    return True
-
-
-def _read_ready(fd: int) -> bytes | None:
-    """What a non-blocking fd has now: None if nothing yet, b"" at its end (or on an error)."""
-    try:
-        return os.read(fd, READ_CHUNK)
-    except (BlockingIOError, InterruptedError):
-        return None
-    except OSError:
-        return b""
-
-
-# ---------------------------------------------------------------------------------------------
-# request
-
-
-@dataclass
-class Request:
-    id: str
-    code: str
-    arguments: dict[str, Any]
-    timeout_ms: int
-    max_output_bytes: int
-    keep_bytes: int
-    max_result_bytes: int
-    max_result_depth: int = reporting.DEFAULT_MAX_RESULT_DEPTH
-    # Input files ({path, b64}) and the artifact limits; no limits: artifacts are not read.
-    files: list[dict[str, Any]] = field(default_factory=list)
-    artifacts: Any = None
-
-
-def _positive_int(obj: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = obj.get(key, default)
-    if type(value) is not int or value <= 0:
-        raise ProtocolError(f"{key} must be a positive integer")
-    return value
-
-
-def parse_request(line: bytes, language: str) -> tuple[Request | None, str | None, str | None]:
-    """Returns (request, None, None) or (None, id-if-recognisable, error message)."""
-    try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=reporting.reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return None, None, f"request is not a JSON line: {str(exc)[:200]}"
-    if not isinstance(obj, dict):
-        return None, None, "request is not a JSON object"
-    raw_id = obj.get("id")
-    rid = raw_id if isinstance(raw_id, str) and ID_RE.fullmatch(raw_id) else None
-    try:
-        if obj.get("protocol") != PROTOCOL:
-            raise ProtocolError(f"protocol must be {PROTOCOL!r}")
-        if rid is None:
-            raise ProtocolError("id must be 16-64 characters of [A-Za-z0-9-]")
-        if obj.get("language") != language:
-            raise ProtocolError(f"language must be {language!r} for this runner")
-        code = obj.get("code")
-        if not isinstance(code, str):
-            raise ProtocolError("code must be a string")
-        arguments = obj.get("arguments")
-        if not isinstance(arguments, dict):
-            raise ProtocolError("arguments must be an object")
-        files = obj.get("files", [])
-        if not isinstance(files, list):
-            raise ProtocolError("files must be an array")
-        for entry in files:
-            try:
-                workfiles.path_parts(entry.get("path") if isinstance(entry, dict) else None)
-            except workfiles.FileError as exc:
-                raise ProtocolError(str(exc)) from exc
-        request = Request(
-            id=rid,
-            code=code,
-            arguments=arguments,
-            timeout_ms=_positive_int(obj, "timeoutMs"),
-            max_output_bytes=_positive_int(obj, "maxOutputBytes"),
-            keep_bytes=_positive_int(obj, "keepBytes"),
-            max_result_bytes=_positive_int(obj, "maxResultBytes", DEFAULT_MAX_RESULT_BYTES),
-            max_result_depth=_positive_int(
-                obj, "maxResultDepth", reporting.DEFAULT_MAX_RESULT_DEPTH
-            ),
-            files=files,
-            artifacts=workfiles.Limits.parse(obj.get("artifacts")),
-        )
-    except ProtocolError as exc:
-        return None, rid, str(exc)
-    return request, None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# the supervisor
-
-
-@dataclass
-class Config:
-    language: str
-    argv: list[str]
-    max_processes: int
-    termination_log: str
-    cgroup: evidence.CgroupMemory
-    ready_file: str | None
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    scratch: str = "/tmp"
-    proc_net: str = "/proc/self/net"
-    landlock: int | None = None  # the kernel's Landlock ABI, if the worker is landlocked
-
-    @property
-    def write_roots(self) -> list[str]:
-        """Where a landlocked worker may create and write files (confine.py)."""
-        return [self.scratch, "/dev/shm", "/proc", *confine.WRITABLE_FILES]
 
 
 class Supervisor:
@@ -270,6 +95,10 @@ class Supervisor:
         # sets them against its own to split a run's time into frame out, in-pod and report
         # back (one node's clock on both sides in the test bed; docs/benchmarks.md).
         self.marks: dict[str, float] = {}
+        # Whether /proc shows us the worker's exit status (exiting.py), checked once it is warm;
+        # the record's exit status, once a record is in; the reap deferred past the report.
+        self.peek = exiting.Peek(0, visible=False)
+        self.reap_after_report = False
 
     # -- process management ------------------------------------------------------------------
 
@@ -338,7 +167,7 @@ class Supervisor:
     def signal_worker(self, sig: int) -> None:
         """Signals the worker's process group, and the worker itself: right after fork() it may
         not have called setsid() yet, and then the group does not exist."""
-        _killpg(self.pid, sig)
+        processes.killpg(self.pid, sig)
         if self.exited_at is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, sig)
@@ -354,40 +183,6 @@ class Supervisor:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
-
-    def kill_leftovers(self) -> None:
-        """Ends every process the user's code left behind, bounded in time."""
-        end = _now() + CLEANUP_S
-        if os.getpid() == 1:
-            # In a PID namespace this reaches only the container's processes, never the host.
-            with contextlib.suppress(OSError):
-                os.kill(-1, signal.SIGKILL)
-            while _now() < end:
-                try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    return
-                if pid == 0:
-                    time.sleep(0.005)
-            return
-        # Not PID 1 (tests, or a shared PID namespace): never kill(-1). As a subreaper every
-        # orphaned descendant is re-parented to us, so killing our children finds them all.
-        me = os.getpid()
-        while _now() < end:
-            kids = _children_of(me)
-            if not kids:
-                return
-            for pid in kids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            while True:
-                try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-            time.sleep(0.005)
 
     # -- the poll loop -----------------------------------------------------------------------
 
@@ -416,6 +211,16 @@ class Supervisor:
             events = poller.poll(timeout_ms)
         except InterruptedError:
             events = []
+        self._dispatch(events)
+        self._poll_exit()
+        if self.watch is not None:
+            # Before reaping: a fork bomb's exited members stay counted as zombies until then,
+            # so the count reads at its limit for as long as the bomb pushes against it.
+            self.watch.sample()
+            self.peek.sample()
+        self._reap_orphans()
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
         for fd, ev in events:
             if fd == self.out.fd:
                 self._read_stream(self.out)
@@ -427,12 +232,20 @@ class Supervisor:
                 self._write_request(ev)
             elif fd == 0:
                 self._read_stdin(ev)
-        self._poll_exit()
-        if self.watch is not None:
-            # Before reaping: a fork bomb's exited members stay counted as zombies until then,
-            # so the count reads at its limit for as long as the bomb pushes against it.
-            self.watch.sample()
-        self._reap_orphans()
+
+    def _take_what_is_there(self) -> None:
+        """Reads what the three pipes hold now, without waiting for their writers to go: what
+        the worker wrote before its record is all in them (its harness flushes first)."""
+        end = _now() + DRAIN_GRACE_S
+        while _now() < end:
+            poller = select.poll()
+            for fd in (self.out.fd, self.err.fd, self.res_fd):
+                if fd is not None:
+                    poller.register(fd, select.POLLIN)
+            events = poller.poll(0)
+            if not events:
+                return
+            self._dispatch(events)
 
     def _reap_orphans(self) -> None:
         # Orphaned descendants are re-parented to us (as init, or as subreaper); reaping them as
@@ -450,7 +263,7 @@ class Supervisor:
 
     def _read_stream(self, stream: reporting.Stream) -> None:
         assert stream.fd is not None
-        data = _read_ready(stream.fd)
+        data = read_ready(stream.fd)
         if data is None:
             return
         if data:
@@ -461,7 +274,7 @@ class Supervisor:
 
     def _read_result(self) -> None:
         assert self.res_fd is not None
-        data = _read_ready(self.res_fd)
+        data = read_ready(self.res_fd)
         if data is None:
             return
         if not data:
@@ -507,7 +320,7 @@ class Supervisor:
         if ev & select.POLLNVAL:
             self.stdin_open = False
             return
-        data = _read_ready(0)
+        data = read_ready(0)
         if data is None:
             return
         if not data:
@@ -556,12 +369,13 @@ class Supervisor:
                     request.id, f"worker not ready within {STARTUP_ALLOWANCE_S:g} s"
                 )
             self.pump(ready_by - _now(), want_stdin=False)
+        self.peek = exiting.Peek(self.pid, visible=exiting.shows_exit_codes(self.pid))
         return self.execute(request)
 
     def _startup_failure(self) -> str:
         self.reap()
-        self.kill_leftovers()
-        code, sig = _decode_status(self.status)
+        processes.kill_leftovers()
+        code, sig = processes.decode_status(self.status)
         how = f"exit code {code}" if code is not None else f"signal {sig}"
         diag = self.err.summary()["text"].strip()
         return f"worker exited before the request ({how})" + (f": {diag}" if diag else "")
@@ -592,7 +406,7 @@ class Supervisor:
         self.write_termination_log(started)
         # The same record on stdout tells the operator its request arrived, over whichever
         # attach session carried it.
-        _write_all(1, started.encode("ascii") + b"\n", timeout_s=2.0)
+        write_all(1, started.encode("ascii") + b"\n", timeout_s=2.0)
         self.request_id, self.started = request.id, True
         self.marks["startedAt"] = time.time()
         self.watch = evidence.Watch(
@@ -605,12 +419,27 @@ class Supervisor:
             files=[os.getcwd(), "/dev/shm", self.config.termination_log],
         )
         self.watch.begin()
+        self.peek.sample()
         start = _now()
         deadline = start + request.timeout_ms / 1000.0
         timed_out = output_limited = False
         term_sent_at: float | None = None
         kill_sent_at: float | None = None
-        while not self._poll_exit():
+        early: int | None = None  # the worker's stored exit status, read before its reap
+        while True:
+            ours = term_sent_at is not None or kill_sent_at is not None  # we ended it
+            within = self.out.total + self.err.total <= request.max_output_bytes
+            if not ours and within:
+                early = self._exit_before_reap(request)
+                if early is not None:
+                    break
+            if self._poll_exit():
+                # A worker already gone is read the same way as one still freeing its memory:
+                # its record may still sit in the pipe.
+                self._take_what_is_there()
+                if not ours and self.out.total + self.err.total <= request.max_output_bytes:
+                    early = self._exit_before_reap(request)
+                break
             now = _now()
             if not output_limited and self.out.total + self.err.total > request.max_output_bytes:
                 output_limited = True
@@ -635,18 +464,38 @@ class Supervisor:
                 wait = term_sent_at + KILL_GRACE_S - now
             else:
                 wait = deadline - now
+            if self.peek.waiting:
+                wait = min(wait, EXIT_PEEK_S)
             self.pump(max(wait, 0.0), want_stdin=False)
-        ended = self.exited_at if self.exited_at is not None else _now()
-        if self.exited_at is not None:
-            self.marks["exitedAt"] = time.time() - (_now() - self.exited_at)
-            self.reap()
+        cpu_ms = max_rss = None
+        if early is not None:
+            # Report now, reap after the report (main): the freeing of the worker's memory
+            # is all that is left of it. Nothing of the user's may run on meanwhile.
+            ended = self.exited_at if self.exited_at is not None else _now()
+            self.marks["exitedAt"] = time.time() - (_now() - ended)
+            self.status, self.reap_after_report = early, True
+            total_cpu = exiting.cpu_ms(self.pid)
+            if total_cpu is not None:
+                cpu_ms = round(max(total_cpu - self.ready_cpu_ms, 0.0), 3)
+            max_rss = self.peek.rss_kb
+            processes.kill_everything(self.pid)
+            self._take_what_is_there()
         else:
-            self.signal_worker(signal.SIGKILL)
-        self.kill_leftovers()
-        self.drain()
+            ended = self.exited_at if self.exited_at is not None else _now()
+            if self.exited_at is not None:
+                self.marks["exitedAt"] = time.time() - (_now() - self.exited_at)
+                self.reap()
+            else:
+                self.signal_worker(signal.SIGKILL)
+            processes.kill_leftovers()
+            self.drain()
+            if self.rusage is not None:
+                total_cpu = (self.rusage.ru_utime + self.rusage.ru_stime) * 1000.0
+                cpu_ms = round(max(total_cpu - self.ready_cpu_ms, 0.0), 3)
+                max_rss = int(self.rusage.ru_maxrss)
         if self.out.total + self.err.total > request.max_output_bytes:
             output_limited = True
-        code, sig = _decode_status(self.status)
+        code, sig = processes.decode_status(self.status)
         result, _ = reporting.interpret_result(
             bytes(self.res_buf), self.res_overflow, code, request.max_result_depth
         )
@@ -655,16 +504,13 @@ class Supervisor:
         self.watch = None
         oom_after = self.config.cgroup.oom_kills()
         artifacts = self.send_artifacts(request)
-        cpu_ms = None
-        max_rss = None
-        if self.rusage is not None:
-            total_cpu = (self.rusage.ru_utime + self.rusage.ru_stime) * 1000.0
-            cpu_ms = round(max(total_cpu - self.ready_cpu_ms, 0.0), 3)
-            max_rss = int(self.rusage.ru_maxrss)
+        exit_from = "proc" if early is not None else "wait"
         return self.report(
             request.id,
             started=True,
-            exit={"code": code, "signal": sig} if self.status is not None else None,
+            exit={"code": code, "signal": sig, "from": exit_from}
+            if self.status is not None
+            else None,
             timedOut=timed_out,
             outputLimited=output_limited,
             oomKilled=oom_before is not None and oom_after is not None and oom_after > oom_before,
@@ -681,6 +527,20 @@ class Supervisor:
             **artifacts,
         )
 
+    def _exit_before_reap(self, request: Request) -> int | None:
+        """The worker's stored exit status, when the report may go out before the reap
+        (exiting.Peek); never for a request with artifacts, which need every writer gone."""
+        if request.artifacts is not None:
+            return None
+        return self.peek.status(self.res_buf, self.res_overflow)
+
+    def after_report(self) -> None:
+        """The reap a report sent before it left for later (`_exit_before_reap`)."""
+        if self.reap_after_report:
+            self.reap()
+            processes.kill_leftovers()
+            self.drain()
+
     def send_artifacts(self, request: Request) -> dict[str, Any]:
         """Reads ./artifacts/ (every process of the user's code is gone by now, whatever way
         it ended) and writes one `CXA1` record per file on stdout, ahead of the report."""
@@ -690,7 +550,7 @@ class Supervisor:
         got = workfiles.collect(os.getcwd(), limits)
         for artifact in got.artifacts:
             line = b"CXA1 " + reporting.dumps(artifact.record(request.id)).encode("ascii") + b"\n"
-            _write_all(1, line, timeout_s=60.0)
+            write_all(1, line, timeout_s=60.0)
         return {
             "artifacts": [a.listing() for a in got.artifacts],
             "artifactLimit": got.limit_record(limits),
@@ -716,7 +576,7 @@ class Supervisor:
                 time.sleep(0.005)
             if self.exited_at is not None:
                 self.reap()
-            self.kill_leftovers()
+            processes.kill_leftovers()
         return self.report_without_run(rid, False, problem)
 
     def report_without_run(self, rid: str | None, started: bool, problem: str) -> dict[str, Any]:
@@ -763,125 +623,27 @@ class Supervisor:
         except OSError:
             return
         try:
-            _write_all(fd, text.encode("ascii", errors="replace"), timeout_s=2.0)
+            write_all(fd, text.encode("ascii", errors="replace"), timeout_s=2.0)
         finally:
             os.close(fd)
-
-
-def _decode_status(status: int | None) -> tuple[int | None, int | None]:
-    if status is None:
-        return None, None
-    if os.WIFSIGNALED(status):
-        return None, os.WTERMSIG(status)
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status), None
-    return None, None
-
-
-def _children_of(parent: int) -> list[int]:
-    kids = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return kids
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[1] == str(parent).encode():
-            kids.append(int(name))
-    return kids
-
-
-# ---------------------------------------------------------------------------------------------
-# entry point
-
-
-def _worker_path(language: str, explicit: str | None) -> str:
-    lang_dir, name = LANGUAGES[language]
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [explicit, os.environ.get("CODEEXEC_WORKER")]
-    candidates += [os.path.join(here, name), os.path.join(here, os.pardir, lang_dir, name)]
-    for path in candidates:
-        if path and os.path.isfile(path):
-            return os.path.abspath(path)
-    raise SystemExit(f"codeexec supervisor: no {name} found (use --worker)")
-
-
-def _worker_argv(
-    language: str, worker: str, interpreter: str | None, cg: evidence.CgroupMemory
-) -> list[str]:
-    if language == "python":
-        exe = interpreter or sys.executable or shutil.which("python3") or "/usr/bin/python3"
-        # -I: no user site, no PYTHON* variables, no script dir on sys.path (the worker adds
-        # the working directory, as `python main.py` would); -B: the root fs is read-only.
-        return [exe, "-u", "-I", "-B", worker]
-    exe = interpreter or shutil.which("node") or "/usr/bin/node"
-    argv = [exe]
-    limit = cg.limit_bytes()
-    if limit is not None:
-        # V8's heap limit above the container's: exhausting memory then ends in a kernel OOM
-        # kill (counted by the cgroup, unforgeable) rather than V8's abort (SIGABRT + text).
-        argv.append(f"--max-old-space-size={2 * limit // (1024 * 1024)}")
-    return [*argv, worker]
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def parse_args(argv: list[str]) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--language", choices=sorted(LANGUAGES), default=os.environ.get("CODEEXEC_LANGUAGE")
-    )
-    parser.add_argument("--worker", help="path of worker.py / worker.js")
-    parser.add_argument("--interpreter", help="python3 or node binary for the worker")
-    args = parser.parse_args(argv)
-    if args.language not in LANGUAGES:
-        parser.error("--language (or CODEEXEC_LANGUAGE) must be python or nodejs")
-    cg = evidence.CgroupMemory(os.environ.get("CODEEXEC_CGROUP_ROOT", "/sys/fs/cgroup"))
-    max_processes = _env_int("CODEEXEC_MAX_PROCESSES", DEFAULT_MAX_PROCESSES)
-    max_file_bytes = _env_int("CODEEXEC_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES)
-    worker = _worker_path(args.language, args.worker)
-    return Config(
-        language=args.language,
-        argv=_worker_argv(args.language, worker, args.interpreter, cg),
-        max_processes=max(max_processes, 1),
-        max_file_bytes=max(max_file_bytes, 4096),
-        scratch=os.path.abspath(os.environ.get("CODEEXEC_SCRATCH_DIR", "/tmp")),
-        proc_net=os.environ.get("CODEEXEC_PROC_NET", "/proc/self/net"),
-        landlock=confine.landlock_abi(),
-        termination_log=os.environ.get("CODEEXEC_TERMINATION_LOG", "/dev/termination-log"),
-        cgroup=cg,
-        ready_file=os.environ.get("CODEEXEC_READY_FILE") or None,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
     # No handlers: as PID 1 of a PID namespace this makes us immune to signals from inside.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _prctl(PR_SET_DUMPABLE, 0)
+    processes.prctl(processes.PR_SET_DUMPABLE, 0)
     if os.getpid() != 1:
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    _ensure_std_fds()
+        processes.prctl(processes.PR_SET_CHILD_SUBREAPER, 1)
+    ensure_std_fds()
     config = parse_args(sys.argv[1:] if argv is None else argv)
     supervisor = Supervisor(config)
     try:
         report = supervisor.run()
     except Exception as exc:  # a bug of ours must still end in a report, never a hang
         if supervisor.pid:
-            _killpg(supervisor.pid, signal.SIGKILL)
+            processes.killpg(supervisor.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
-            supervisor.kill_leftovers()
+            processes.kill_leftovers()
         report = supervisor.report_without_run(
             supervisor.request_id, supervisor.started, f"supervisor failure: {exc!r}"
         )
@@ -890,8 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError, RecursionError):
         report["result"] = None
         line = "CXR1 " + reporting.dumps(report)
-    _write_all(1, line.encode("ascii") + b"\n")
+    write_all(1, line.encode("ascii") + b"\n")
     supervisor.write_termination_log(reporting.compact(report))
+    with contextlib.suppress(Exception):
+        supervisor.after_report()
     return 0
 
 

@@ -421,6 +421,8 @@ class Road:
                 delivery.sent_at, delivery.seen_at, report.timing
             ).items():
                 metrics.ROAD.labels(part).observe(seconds)
+            if report.exit_from is not None:
+                metrics.WORKER_EXITS.labels(report.exit_from).inc()
         evidence = Evidence(network_allowed=pool.spec.allow_network, language=ex.spec.language)
         if report is not None and report.started:
             outcome = classify(_with(evidence, report=report))

@@ -39,6 +39,12 @@ STEP = Histogram(
     ["step"],
     buckets=_LATENCY_BUCKETS,
 )
+WORKER_EXITS = Counter(
+    "codeexec_worker_exits_total",
+    "Delivered runs by where the supervisor read the worker's exit status: proc (stored by the "
+    "kernel, the report sent before the reap) or wait (the reap)",
+    ["read"],
+)
 # Milliseconds matter here: a warm run's parts are 0.1-20 ms each.
 ROAD = Histogram(
     "codeexec_road_seconds",

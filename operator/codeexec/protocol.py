@@ -106,6 +106,8 @@ class Report:
     protocol_error: str | None = None
     exit_code: int | None = None
     signal: int | None = None
+    # Where the supervisor read the exit status: "proc" (stored, before the reap) or "wait".
+    exit_from: str | None = None
     timed_out: bool = False
     output_limited: bool = False
     oom_killed: bool = False
@@ -145,6 +147,7 @@ class Report:
             protocol_error=doc.get("protocolError"),
             exit_code=_int_or_none(exit_.get("code")),
             signal=_int_or_none(exit_.get("signal")),
+            exit_from=exit_.get("from") if exit_.get("from") in EXIT_READS else None,
             timed_out=bool(doc.get("timedOut")),
             output_limited=bool(doc.get("outputLimited")),
             oom_killed=bool(doc.get("oomKilled")),
@@ -174,6 +177,7 @@ class Report:
         )
 
 
+EXIT_READS = ("proc", "wait")
 TIMING_MARKS = ("receivedAt", "startedAt", "resultAt", "exitedAt", "reportAt")
 ROAD_PARTS = ("frame_out", "start", "run", "exit", "wrap_up", "report_back")
 

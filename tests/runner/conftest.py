@@ -37,6 +37,11 @@ RUNNER_FILES = (
     "runner/evidence.py",
     "runner/workfiles.py",
     "runner/reporting.py",
+    "runner/exiting.py",
+    "runner/fds.py",
+    "runner/processes.py",
+    "runner/requestline.py",
+    "runner/settings.py",
     "python/worker.py",
     "nodejs/worker.js",
 )
@@ -135,8 +140,15 @@ class Run:
         return self.report["stderr"]["text"]
 
     @property
-    def exit(self) -> dict[str, Any]:
-        return self.report["exit"]
+    def exit(self) -> dict[str, Any] | None:
+        """The wait status (code, signal); `exit_from` says how it was read."""
+        exit_ = self.report["exit"]
+        return None if exit_ is None else {k: v for k, v in exit_.items() if k != "from"}
+
+    @property
+    def exit_from(self) -> str | None:
+        exit_ = self.report["exit"]
+        return None if exit_ is None else exit_.get("from")
 
     def describe(self) -> str:
         return json.dumps(self.report, indent=1)[:6000]
