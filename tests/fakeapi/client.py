@@ -62,6 +62,10 @@ class FakeKube(Kube):
     def session(self) -> aiohttp.ClientSession:
         return self._fake_session  # type: ignore[return-value]
 
+    @property
+    def streams(self) -> aiohttp.ClientSession:
+        return self._fake_session  # type: ignore[return-value]
+
     async def close(self) -> None:
         return None
 

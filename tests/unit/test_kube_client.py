@@ -1,4 +1,4 @@
-"""The REST client's process-wide transport settings."""
+"""The REST client's transport: process-wide settings, and its sessions' connection pools."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import asyncio
 import asyncio.sslproto
 import ssl
 
-from codeexec.kube.client import TLS_READ_BUFFER, small_tls_buffers
+from aiohttp import web
+
+from codeexec.kube import attach as attach_mod
+from codeexec.kube.client import PODS, TLS_READ_BUFFER, Kube, small_tls_buffers
+from codeexec.kube.config import Connection
 
 
 async def test_tls_connections_made_after_start_up_read_through_a_small_buffer() -> None:
@@ -24,3 +28,45 @@ async def test_tls_connections_made_after_start_up_read_through_a_small_buffer()
         assert len(proto._ssl_buffer) == TLS_READ_BUFFER == 32 * 1024
     finally:
         asyncio.sslproto.SSLProtocol.max_size = original
+
+
+async def test_held_attach_sessions_never_starve_the_api_requests() -> None:
+    """Every warm pod holds an attach session open, for as long as it stays warm. With the
+    request session's connection limit shared, as many held sessions as the limit left no
+    connection for any request: the soak's 200 warm pods had every call time out. Here, over
+    real sockets to a local server, the limit is 2 and 3 sessions are held.
+    Caught: with attach on `kube.session` the GET never got a connection."""
+    held: list[web.WebSocketResponse] = []
+
+    async def attach(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=(attach_mod.PROTOCOL,))
+        await ws.prepare(request)
+        held.append(ws)
+        async for _ in ws:  # held until the client goes
+            pass
+        return ws
+
+    async def get_pod(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "Pod", "metadata": {"name": "p"}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/{name}/attach", attach)
+    app.router.add_get("/api/v1/namespaces/ns/pods/{name}", get_pod)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    conn = Connection(server=f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context())
+    kube = Kube(conn, pool_size=2)
+    try:
+        sessions = [await attach_mod.open_attach(kube, "ns", f"w{i}", "runner") for i in range(3)]
+        assert len(held) == 3
+        # A bound against a hang, not a speed figure: without the fix this never returns.
+        pod = await asyncio.wait_for(kube.get(PODS, "p", "ns"), 20)
+        assert pod["metadata"]["name"] == "p"
+        for s in sessions:
+            await s.close()
+    finally:
+        await kube.close()
+        await runner.cleanup()

@@ -109,7 +109,7 @@ async def open_attach(
         "tty": "false",
     }
     try:
-        ws = await kube.session.ws_connect(
+        ws = await kube.streams.ws_connect(
             url,
             params=params,
             protocols=(PROTOCOL,),

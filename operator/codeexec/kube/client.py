@@ -158,6 +158,7 @@ class Kube:
         self.page_size = page_size
         self._pool_size = pool_size
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -166,14 +167,25 @@ class Kube:
         return self._session
 
     @property
+    def streams(self) -> aiohttp.ClientSession:
+        """A session of its own, without a connection limit, for streams held open for as long
+        as a pod is warm (attach sessions, preattach.py). In the request session's pool of
+        `pool_size` (64) connections, 64 warm pods would leave no connection for any request:
+        the bench's soak saw every call time out with 200 warm pods."""
+        if self._streams is None or self._streams.closed:
+            self._streams = new_session(self.conn, limit=0, component=self.component)
+        return self._streams
+
+    @property
     def tls(self) -> dict[str, Any]:
         """Per-request TLS options (the kubeconfig's tls-server-name)."""
         name = self.conn.tls_server_name
         return {"server_hostname": name} if name else {}
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Headers with the credential as it is now (see `auth_headers` for a fresh one)."""
