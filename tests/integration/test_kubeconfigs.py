@@ -340,6 +340,40 @@ async def test_the_python_client_runs_code_with_every_kind_of_kubeconfig(
     case.check()
 
 
+def test_the_environments_https_proxy_carries_the_cli_unless_no_proxy_names_the_server(
+    bed: Bed,
+) -> None:
+    """Without a proxy-url, HTTPS_PROXY and NO_PROXY decide, as for kubectl (read once per
+    session: kube.client.env_proxy), through the real tinyproxy."""
+    case = token(bed)
+    parts = urlsplit(bed.server)
+    env = {k: v for k, v in case.env().items() if k.lower() not in ("https_proxy", "no_proxy")}
+    for no_proxy, through in (("", True), (parts.hostname or "", False)):
+        before = len(bed.proxy.connects())
+        proc = subprocess.run(
+            [
+                str(BIN / "codeexec"),
+                "run",
+                "-",
+                "-n",
+                bed.namespace,
+                "--arg",
+                "x=21",
+                "-q",
+                *case.cli_args(),
+            ],
+            input=CODE,
+            capture_output=True,
+            text=True,
+            env={**env, "HTTPS_PROXY": f"http://127.0.0.1:{bed.proxy.port}", "NO_PROXY": no_proxy},
+            cwd="/",
+            timeout=300,
+        )
+        assert (proc.returncode, proc.stdout) == (0, "42\n"), proc.stderr
+        went = any(f"CONNECT {parts.netloc}" in ln for ln in bed.proxy.connects()[before:])
+        assert went is through, (no_proxy, bed.proxy.connects()[before:])
+
+
 def test_without_tls_server_name_the_mismatched_address_is_refused(bed: Bed) -> None:
     """The tls-server-name case above proves something: the same address without it fails."""
     case = tls_server_name(bed)

@@ -6,6 +6,7 @@ import asyncio
 import asyncio.sslproto
 import ssl
 
+import pytest
 from aiohttp import web
 
 from codeexec.kube import attach as attach_mod
@@ -70,3 +71,56 @@ async def test_held_attach_sessions_never_starve_the_api_requests() -> None:
     finally:
         await kube.close()
         await runner.cleanup()
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_the_environments_proxy_is_read_once_and_still_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY decide, as for kubectl, but are read when the session is made:
+    aiohttp's trust_env read them, and ~/.netrc on a worker thread, on every request. Real
+    sockets: the proxy is a local server that answers requests in absolute form.
+    Caught: with `proxy=conn.proxy` alone the GET went straight to the API server."""
+    seen: list[str] = []
+
+    async def api(request: web.Request) -> web.Response:
+        seen.append(f"api {request.path}")
+        return web.json_response({"metadata": {"name": "direct"}})
+
+    async def proxy(request: web.Request) -> web.Response:
+        seen.append(f"proxy {request.url}")
+        return web.json_response({"metadata": {"name": "proxied"}})
+
+    api_app, proxy_app = web.Application(), web.Application()
+    api_app.router.add_get("/api/v1/namespaces/ns/pods/p", api)
+    proxy_app.router.add_route("*", "/{tail:.*}", proxy)
+    (api_runner, api_port), (proxy_runner, proxy_port) = (
+        await _serve(api_app),
+        await _serve(proxy_app),
+    )
+    server = f"http://127.0.0.1:{api_port}"
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy_port}")
+    try:
+        for no_proxy, expected in (("", "proxied"), ("127.0.0.1", "direct")):
+            monkeypatch.setenv("NO_PROXY", no_proxy)
+            kube = Kube(Connection(server=server, ssl_context=ssl.create_default_context()))
+            try:
+                assert kube.session.trust_env is False
+                pod = await kube.get(PODS, "p", "ns")
+                assert pod["metadata"]["name"] == expected, seen
+            finally:
+                await kube.close()
+        assert seen == [
+            f"proxy {server}/api/v1/namespaces/ns/pods/p",
+            "api /api/v1/namespaces/ns/pods/p",
+        ]
+    finally:
+        await api_runner.cleanup()
+        await proxy_runner.cleanup()
