@@ -75,16 +75,21 @@ chaos: venv tools cluster-up images ## executions under fire: operator kills, po
 scale: venv cluster-up images ## 5,000 finished + 200 pending executions, operator restart: time to ready, RSS, requests
 	$(PY) -m bench.scale
 
+.PHONY: soak
+soak: venv cluster-up images ## 200 warm pods held idle for an hour, operator restart: memory per held pod, re-hold time
+	$(PY) -m bench.soak
+
 .PHONY: fairness
 fairness: venv cluster-up images ## tenant A submits 200, then B 5: the order of claims and ends; a cap of 2 holds
 	$(PY) -m bench.fairness
 
 .PHONY: bench-smoke
-bench-smoke: bench-deps tools cluster-up images ## short bench, chaos and scale runs (results in bench/*.tmp)
+bench-smoke: bench-deps tools cluster-up images ## short bench, chaos, scale and soak runs (results in bench/*.tmp)
 	$(PY) -m bench --smoke
 	$(PY) -m bench.capacity --smoke
 	$(PY) -m bench.chaos --smoke
 	$(PY) -m bench.scale --smoke
+	$(PY) -m bench.soak --smoke
 
 .PHONY: demo
 demo: venv ## the chart on a cluster (the local one, or KUBECONFIG's), every example, a results table

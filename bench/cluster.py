@@ -32,6 +32,8 @@ from codeexec.kube.client import (
     Kube,
     Resource,
 )
+from codeexec.podcache import PodView
+from codeexec.podcache import view as pod_view
 
 log = logging.getLogger("bench")
 
@@ -368,3 +370,20 @@ class ApiProbe:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class SandboxPods:
+    """The sandbox namespace's pods, seen as the operator's pod cache sees them."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, PodView] = {}
+
+    def on_event(self, type_: str, obj: dict[str, Any]) -> None:
+        name = obj.get("metadata", {}).get("name", "")
+        if type_ == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = pod_view(obj)
+
+    def warm_ready(self, pool: str) -> int:
+        return sum(1 for p in self.pods.values() if p.pool == pool and p.warm_ready)

@@ -113,10 +113,12 @@ def bench_main(
     parse: Callable[[list[str] | None], Any],
     run: Callable[[Any], Awaitable[int]],
     argv: list[str] | None = None,
+    *,
+    deadline_s: float | None = None,
 ) -> int:
     args = parse(argv)
     setup_logging(args.verbose)
-    deadline = (1200 if args.smoke else 3600) + args.cluster_timeout
+    deadline = (deadline_s or (1200 if args.smoke else 3600)) + args.cluster_timeout
     with run_lock():
         return run_main(run(args), deadline_s=deadline)
 

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, runtimes
+from bench import capacity, runtimes, soak
 from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
 from codeexec.protocol import ROAD_PARTS
 
@@ -533,6 +533,8 @@ def write_all(smoke: bool) -> None:
         parts.append(render_scale(doc["scale"]))
     if "capacity" in doc:
         parts.append(capacity.render(doc["capacity"]))
+    if "soak" in doc:
+        parts.append(soak.render(doc["soak"]))
     _, md = results_paths(smoke)
     md.write_text("\n".join(parts) + "\n")
     if "bench" in doc:

@@ -113,3 +113,13 @@ def test_scale_restart_leaves_finished_executions_alone(cluster: Cluster) -> Non
     assert r["executions_finished_by_operator_total"] == r["pending"]
     assert r["pending_terminal"] == r["pending"]
     assert r["passed"] is True
+
+
+def test_held_sessions_last_while_idle_and_come_back_after_a_restart(cluster: Cluster) -> None:
+    r = run_bench(cluster, "bench.soak")["soak"]
+    assert r["pods"] > 0 and len(r["idle_samples"]) > 0
+    assert r["idle_min_held"] == r["pods"], r["idle_samples"]
+    assert r["idle_pods_replaced"] == 0
+    assert r["rehold_seconds"] is not None
+    assert r["restart_pods_replaced"] == 0
+    assert r["passed"] is True

@@ -154,7 +154,8 @@ clusterDomain: "$CLUSTER_DOMAIN"
 podLogsDir: "$CLUSTER/pod-logs"
 volumePluginDir: "$CLUSTER/kubelet-plugins"
 podPidsLimit: 1024
-maxPods: 110
+# make soak holds 200 warm pods beside the rest; the node's /24 has 253 addresses.
+maxPods: 250
 # emptyDir sizeLimit and ephemeral-storage limits need this.
 localStorageCapacityIsolation: true
 serializeImagePulls: false
