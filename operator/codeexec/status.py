@@ -33,9 +33,15 @@ def timestamp(at: datetime) -> str:
 
 
 def parse_timestamp(value: str | None) -> datetime | None:
+    """An RFC 3339 time as the API server writes it; ValueError without a zone. Read on every
+    pod event: fromisoformat takes 0.2 us where strptime took 4.3 us on this VM (strptime was
+    1.8 % of the operator's samples in the warm series, py-spy, 2026-12-01)."""
     if not value:
         return None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise ValueError(f"time without a zone: {value!r}")
+    return at.astimezone(UTC)
 
 
 def condition(

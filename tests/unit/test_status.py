@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from codeexec import status as st
 from codeexec.outcomes import Outcome, Reason
 from codeexec.protocol import Report, Stream
@@ -57,3 +59,17 @@ def test_the_status_never_shows_the_runners_nonce() -> None:
     shown = json.dumps(placement(box, None))
     assert nonce not in shown
     assert public_id(nonce) in shown
+
+
+def test_timestamps_are_read_as_utc_and_a_time_without_a_zone_is_refused() -> None:
+    from datetime import UTC, datetime
+
+    from codeexec.status import parse_timestamp
+
+    assert parse_timestamp("2026-12-01T03:22:41Z") == datetime(2026, 12, 1, 3, 22, 41, tzinfo=UTC)
+    assert parse_timestamp("2026-12-01T04:22:41+01:00") == datetime(
+        2026, 12, 1, 3, 22, 41, tzinfo=UTC
+    )
+    assert parse_timestamp(None) is None and parse_timestamp("") is None
+    with pytest.raises(ValueError):
+        parse_timestamp("2026-12-01T03:22:41")
