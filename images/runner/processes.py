@@ -120,3 +120,29 @@ def kill_leftovers() -> None:
             if pid == 0:
                 break
         time.sleep(0.005)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return bool(fields) and fields[0] != b"Z"
+
+
+def wait_gone(worker: int, timeout_s: float = CLEANUP_S) -> None:
+    """Waits, bounded, until every process of the user's but the exiting worker is dead or a
+    zombie (after `kill_everything`): none of them can write a file any more."""
+    end = time.monotonic() + timeout_s
+    me = os.getpid()
+    while time.monotonic() < end:
+        if me == 1:
+            others = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) != 1]
+        else:
+            others = descendants_of(me)
+        if not any(_alive(pid) for pid in others if pid != worker):
+            return
+        time.sleep(0.002)

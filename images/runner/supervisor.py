@@ -479,6 +479,10 @@ class Supervisor:
                 cpu_ms = round(max(total_cpu - self.ready_cpu_ms, 0.0), 3)
             max_rss = self.peek.rss_kb
             processes.kill_everything(self.pid)
+            if request.artifacts is not None:
+                # Artifacts are read once no process of the user's can write: the worker is
+                # past its exit already, the rest must be gone (a zombie writes nothing).
+                processes.wait_gone(self.pid)
             self._take_what_is_there()
         else:
             ended = self.exited_at if self.exited_at is not None else _now()
@@ -529,9 +533,7 @@ class Supervisor:
 
     def _exit_before_reap(self, request: Request) -> int | None:
         """The worker's stored exit status, when the report may go out before the reap
-        (exiting.Peek); never for a request with artifacts, which need every writer gone."""
-        if request.artifacts is not None:
-            return None
+        (exiting.Peek)."""
         return self.peek.status(self.res_buf, self.res_overflow)
 
     def after_report(self) -> None:

@@ -139,3 +139,31 @@ def test_an_artifacts_symlink_to_elsewhere_is_refused(run: Runner) -> None:
     result = run("python", code, artifacts=LIMITS)
     assert result.report["artifacts"] == []
     assert "not a directory" in result.report["artifactProblem"]
+
+
+def test_artifacts_of_an_early_report_are_read_after_every_writer_is_gone(run: Runner) -> None:
+    """The report goes out before the worker's reap (exit.from proc) even with artifacts, but
+    only once every other process of the user's is dead: a daemon appending to an artifact as
+    fast as it can has written its last byte before the artifact is read, so what was sent is
+    what the file holds afterwards. (Without processes.wait_gone this still passed here: the
+    SIGKILL lands before the read; the wait bounds the in-flight write it cannot see.)"""
+    code = (
+        "import os, time\n"
+        "def main():\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        fd = os.open('artifacts/log.txt', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)\n"
+        "        while True:\n"
+        "            os.write(fd, b'x' * 100)\n"
+        "    while not os.path.exists('artifacts/log.txt') or os.path.getsize('artifacts/log.txt') < 1000:\n"
+        "        time.sleep(0.001)\n"
+        "    return 1\n"
+    )
+    result = run(
+        "python", code, artifacts={**LIMITS, "maxFileBytes": 1 << 30, "maxTotalBytes": 1 << 30}
+    )
+    assert result.exit_from == "proc", result.describe()
+    records = _artifact_records(result.raw_stdout)
+    sent = base64.b64decode(records[0]["b64"])
+    assert len(sent) >= 1000
+    assert sent == (result.workdir / "artifacts" / "log.txt").read_bytes()
