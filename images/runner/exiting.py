@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import processes
 import reporting
 
 PF_EXITING = 0x4  # include/linux/sched.h: "getting shut down"
@@ -33,14 +34,8 @@ class Stat:
 
 
 def read_stat(pid: int) -> Stat | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and ")": the fields start after the last ")".
-    fields = text[text.rfind(b")") + 2 :].split()
-    if len(fields) < 50:  # exit_code arrived in Linux 3.5
+    fields = processes.stat_fields(pid)
+    if fields is None or len(fields) < 50:  # exit_code arrived in Linux 3.5
         return None
 
     def at(number: int) -> int:

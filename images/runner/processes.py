@@ -36,6 +36,17 @@ def decode_status(status: int | None) -> tuple[int | None, int | None]:
     return None, None
 
 
+def stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat's fields from the state on (field 3): the command name before them may
+    hold spaces and ")". None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
 def parents() -> dict[int, int]:
     """Every process's parent, from one pass over /proc."""
     parents: dict[int, int] = {}
@@ -46,13 +57,8 @@ def parents() -> dict[int, int]:
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and fields[1].isdigit():
+        fields = stat_fields(name)
+        if fields is not None and len(fields) > 1 and fields[1].isdigit():
             parents[int(name)] = int(fields[1])
     return parents
 
@@ -124,12 +130,7 @@ def kill_leftovers() -> None:
 
 def _alive(pid: int) -> bool:
     """Whether `pid` still exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    fields = stat_fields(pid)
     return bool(fields) and fields[0] != b"Z"
 
 
