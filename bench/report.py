@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, runtimes, soak
+from bench import capacity, runtimes, soak, targets
 from bench.results import BENCH_DIR, fmt_ms, load_results, md_table, results_paths
 from codeexec.protocol import ROAD_PARTS
 
@@ -38,117 +36,6 @@ def safe_ratio(a: float | None, b: float | None) -> float | None:
 
 def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "**missed**")
-
-
-# ---- profile -------------------------------------------------------------------------------
-
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
-GROUPS = (
-    ("codeexec", "/codeexec/"),
-    ("kopf", "/kopf/"),
-    ("aiohttp", "/aiohttp/"),
-    ("pydantic", "/pydantic"),
-    ("prometheus", "/prometheus_client/"),
-    ("json", "/json/"),
-    ("ssl", "/ssl.py"),
-    ("asyncio", "/asyncio/"),
-    ("yaml", "/yaml/"),
-)
-
-
-OWNERS = ("codeexec", "kopf")
-_ROOTS = (
-    "<frozen runpy>",
-    "bench/opwrap.py",
-    "codeexec/cli.py",
-    "asyncio/runners.py",
-    "asyncio/base_events.py",
-    "asyncio/events.py",
-)
-
-
-def _is_root(file: str) -> bool:
-    return any(file.endswith(r) or file == r for r in _ROOTS)
-
-
-def _group(file: str) -> str:
-    path = "/" + file  # py-spy names files relative to their sys.path entry
-    for name, needle in GROUPS:
-        if needle in path:
-            return name
-    return "other"
-
-
-def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
-    """Leaf (self) and inclusive shares per function and per library of py-spy's raw output."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    self_fn: Counter[str] = Counter()
-    incl_fn: Counter[str] = Counter()
-    self_group: Counter[str] = Counter()
-    incl_group: Counter[str] = Counter()
-    on_behalf: Counter[str] = Counter()  # the innermost frame of ours (or Kopf's) per sample
-    total = 0
-    for line in lines:
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = []
-        for raw in stack.split(";"):
-            m = _FRAME.match(raw.strip())
-            if m:
-                frames.append((m["func"], m["file"]))
-        if not frames:
-            continue
-        total += count
-        func, file = frames[-1]
-        self_fn[f"{func} ({_short(file)})"] += count
-        self_group[_group(file)] += count
-        # The entry points (runpy, our wrapper, the CLI, the event loop) are under everything.
-        inner = [(fn, fl) for fn, fl in frames if not _is_root(fl)]
-        for name in {f"{fn} ({_short(fl)})" for fn, fl in inner}:
-            incl_fn[name] += count
-        for g in {_group(fl) for _, fl in inner}:
-            incl_group[g] += count
-        owner = next(
-            (f"{fn} ({_short(fl)})" for fn, fl in reversed(inner) if _group(fl) in OWNERS),
-            "(event loop / other)",
-        )
-        on_behalf[owner] += count
-    if not total:
-        return {"samples": 0}
-
-    def pct(c: Counter[str]) -> dict[str, float]:
-        return {k: round(100 * v / total, 1) for k, v in c.most_common(top)}
-
-    return {
-        "samples": total,
-        "file": str(path.relative_to(BENCH_DIR.parent))
-        if path.is_relative_to(BENCH_DIR.parent)
-        else str(path),
-        "self_percent_by_library": pct(self_group),
-        "inclusive_percent_by_library": pct(incl_group),
-        "self_percent_top_functions": pct(self_fn),
-        "percent_on_behalf_of": pct(on_behalf),
-        "inclusive_percent_top_codeexec": {
-            k: v
-            for k, v in pct(
-                Counter(
-                    {k: n for k, n in incl_fn.items() if "(codeexec/" in k or "/codeexec/" in k}
-                )
-            ).items()
-        },
-    }
-
-
-def _short(file: str) -> str:
-    for marker in ("site-packages/", "/operator/"):
-        if marker in file:
-            return file.split(marker, 1)[1]
-    return file
 
 
 # ---- bench ---------------------------------------------------------------------------------
@@ -208,6 +95,12 @@ def render_bench(r: dict[str, Any]) -> str:
                 f"{fmt_ms(f.get('p99'))} ms; pool refilling beside it {g.get('n', 0)}x p50 "
                 f"{fmt_ms(g.get('p50'))} / p99 {fmt_ms(g.get('p99'))} ms"
             )
+    for lang, data in (r.get("warm_pool_full") or {}).items():
+        f = data.get("latency_ms") or {}
+        split.append(
+            f"- warm {lang}, a series of its own, each started with the pool full: "
+            f"{f.get('n', 0)}x p50 {fmt_ms(f.get('p50'))} / p99 {fmt_ms(f.get('p99'))} ms"
+        )
     if split:
         out += ["Warm latency by what the node was doing (replacement pods warming up or not):"]
         out += [*split, ""]
@@ -291,6 +184,8 @@ def render_bench(r: dict[str, Any]) -> str:
                 t["per_second_second_half"],
                 fmt_ms(t["latency_ms"].get("p50")),
                 fmt_ms(t["latency_ms"].get("p99")),
+                t.get("machine_cpu_seconds_per_execution", "-"),
+                (t.get("machine") or {}).get("cpu_busy_percent", "-"),
             ]
 
         out.append(
@@ -304,6 +199,8 @@ def render_bench(r: dict[str, Any]) -> str:
                     "per s (2nd half)",
                     "latency p50 ms",
                     "p99 ms",
+                    "machine CPU-s per execution",
+                    "machine busy %",
                 ],
                 [
                     row("operator, python, numpy+pandas preloaded", o, o["clients"]),
@@ -535,6 +432,7 @@ def write_all(smoke: bool) -> None:
         parts.append(capacity.render(doc["capacity"]))
     if "soak" in doc:
         parts.append(soak.render(doc["soak"]))
+    parts.append(targets.render(doc))
     _, md = results_paths(smoke)
     md.write_text("\n".join(parts) + "\n")
     if "bench" in doc:

@@ -83,6 +83,7 @@ class MachineLoad:
         return {
             "seconds": round(time.monotonic() - self._t0, 1),
             "cpu_busy_percent": round(100 * util, 1),
+            "busy_cpu_seconds": round((busy1 - busy0) / os.sysconf("SC_CLK_TCK"), 2),
             "loadavg_start": [round(x, 2) for x in self._load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }

@@ -23,14 +23,11 @@ import contextlib
 import json
 import logging
 import secrets
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bench import audit, report, runtimes
+from bench import audit, profiling, report, runtimes, throughput
 from bench.breakdown import (
     apiserver_breakdown,
     kubelet_breakdown,
@@ -49,13 +46,10 @@ from bench.command import (
 from bench.metrics import (
     apiserver_metrics,
     counter_delta,
-    histogram_delta,
     kubelet_metrics,
 )
 from bench.operator import Operator
 from bench.results import (
-    BENCH_DIR,
-    REPO,
     MachineLoad,
     machine_info,
     results_paths,
@@ -221,11 +215,13 @@ class Bench:
             await asyncio.sleep(0.05)
         return time.monotonic() - t0, ready
 
-    async def warm_series(self, language: Language, n: int, size: int) -> dict[str, Any]:
-        """Sequential executions, each started when the pool has a ready pod (`--settle one`:
-        no queueing, replacements may still be warming up beside it) or is full again
-        (`--settle full`: nothing else starting on the node)."""
-        want = size if self.args.settle == "full" else 1
+    async def warm_series(
+        self, language: Language, n: int, size: int, settle: str
+    ) -> dict[str, Any]:
+        """Sequential executions, each started when the pool has a ready pod (`one`: no
+        queueing, replacements may still be warming up beside it) or is full again (`full`:
+        nothing else starting on the node)."""
+        want = size if settle == "full" else 1
         for _ in range(self.args.warmup):  # not measured: first-use costs of both sides
             await self.settle(language, size)
             await self.warm_one(language)
@@ -233,7 +229,9 @@ class Bench:
         m0, a0 = await self.op.metrics(), await apiserver_metrics(self.kube)
         cpu0 = self.op.sampler.cpu_seconds()
         audit0 = self.audit.mark()
-        profiler = self.start_profile(f"warm-{language}")
+        profiler = (
+            profiling.start(self.op.pid, f"warm-{language}-{settle}") if self.args.profile else None
+        )
         mark = self.probe.mark()
         samples: list[Sample] = []
         full: list[bool] = []
@@ -251,10 +249,10 @@ class Bench:
         await self.settle(language, size)
         cpu1 = self.op.sampler.cpu_seconds()
         writes = self.audit.writes_since(audit0)
-        profile = self.stop_profile(profiler)
+        profile = profiling.stop(profiler)
         m1, a1 = await self.op.metrics(), await apiserver_metrics(self.kube)
         out = self.summarize_samples(samples)
-        out["settle"] = self.args.settle
+        out["settle"] = settle
         out["latency_ms_pool_full"] = summarize(
             [x.total_ms for x, f in zip(samples, full, strict=True) if x.ok and f]
         )
@@ -318,130 +316,6 @@ class Bench:
             out["watch_events_per_execution"] = round(sum(events) / len(events), 2)
         return out
 
-    async def throughput(
-        self, size: int, clients: int, duration: float, preload: list[str] | None = None
-    ) -> dict[str, Any]:
-        """C clients in a loop for `duration`; completions inside the window count.
-
-        `preload` None keeps the image's default (numpy and pandas imported while each pod
-        warms); [] makes the pool's pods do the same work as the bare pods of the churn.
-        """
-        language: Language = "python"
-        spec = {} if preload is None else {"preload": preload}
-        await create_pool(self.kube, POOLS[language], language, size, **spec)
-        await wait_pools_full(self.kube, {POOLS[language]: size})
-        m0, cpu0 = await self.op.metrics(), self.op.sampler.cpu_seconds()
-        mark = self.probe.mark()
-        start = time.perf_counter()
-        stop_at = start + duration
-        done: list[tuple[float, Sample]] = []
-
-        async def client() -> None:
-            while time.perf_counter() < stop_at:
-                s = await self.warm_one(language, timeout=duration + 120)
-                done.append((time.perf_counter() - start, s))
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-        cpu1, m1 = self.op.sampler.cpu_seconds(), await self.op.metrics()
-        # The operator counts an execution after its terminal write returns; the client may
-        # see that status on its watch a moment before (a smoke run counted 7 of 8).
-        for _ in range(50):
-            counted = counter_delta(m0, m1, "codeexec_executions_total", ("reason",))
-            if sum(counted.values()) >= len(done):
-                break
-            await asyncio.sleep(0.1)
-            m1 = await self.op.metrics()
-        out = window_rates(done, duration)
-        out["clients"], out["pool_size"] = clients, size
-        out["api_probe"] = self.probe.summary(mark)
-        out["latency_ms"] = summarize([s.total_ms for _, s in done if s.ok])
-        out["failures"] = [s.detail for _, s in done if not s.ok][:10]
-        out["operator_cpu_seconds"] = round(cpu1 - cpu0, 3)
-        out["executions_total"] = len(done)
-        out["operator_breakdown"] = operator_breakdown(m0, m1, language)
-        reasons = counter_delta(m0, m1, "codeexec_executions_total", ("reason",))
-        out["reasons"] = {k: int(v) for k, v in reasons.items()}
-        writes = histogram_delta(m0, m1, "codeexec_step_seconds", step="status_write")["count"]
-        out["status_writes_per_execution"] = round(writes / len(done), 2) if done else None
-        out["preload"] = "image default" if preload is None else preload
-        return out
-
-    async def churn(self, workers: int, duration: float) -> dict[str, Any]:
-        """Bare pods: create, run to completion, delete; C workers for `duration`."""
-        mark = self.probe.mark()
-        start = time.perf_counter()
-        stop_at = start + duration
-        done: list[tuple[float, Sample]] = []
-
-        async def worker() -> None:
-            while time.perf_counter() < stop_at:
-                s = await self.cold_one("python", timeout=duration + 120)
-                done.append((time.perf_counter() - start, s))
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        out = window_rates(done, duration)
-        out["workers"] = workers
-        out["api_probe"] = self.probe.summary(mark)
-        out["latency_ms"] = summarize([s.total_ms for _, s in done if s.ok])
-        out["failures"] = [s.detail for _, s in done if not s.ok][:10]
-        return out
-
-    # ---- py-spy ------------------------------------------------------------------------
-
-    def start_profile(self, label: str) -> tuple[subprocess.Popen[bytes], Path] | None:
-        if not self.args.profile:
-            return None
-        exe = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
-        if not Path(exe).exists():
-            log.warning("py-spy not installed: no profile")
-            return None
-        out = BENCH_DIR / f"profile-{label}.txt.tmp"
-        proc = subprocess.Popen(
-            [
-                exe,
-                "record",
-                "--pid",
-                str(self.op.pid),
-                "--rate",
-                "100",
-                "--nonblocking",
-                "--format",
-                "raw",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        return proc, out
-
-    def stop_profile(self, handle: tuple[subprocess.Popen[bytes], Path] | None) -> dict[str, Any]:
-        if handle is None:
-            return {}
-        proc, out = handle
-        proc.send_signal(2)  # SIGINT: py-spy writes what it has
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return report.summarize_profile(out)
-
-
-# ---- helpers ---------------------------------------------------------------------------------
-
-
-def window_rates(done: list[tuple[float, Sample]], duration: float) -> dict[str, Any]:
-    ok = [t for t, s in done if s.ok]
-    inside = [t for t in ok if t <= duration]
-    second_half = [t for t in inside if t > duration / 2]
-    return {
-        "duration_seconds": duration,
-        "completed_in_window": len(inside),
-        "per_second": round(len(inside) / duration, 3),
-        "per_second_second_half": round(len(second_half) / (duration / 2), 3),
-        "failed": sum(1 for _, s in done if not s.ok),
-    }
-
 
 # ---- the run --------------------------------------------------------------------------------
 
@@ -497,9 +371,17 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
 
         warm: dict[str, Any] = {}
         for lang in LANGS:
-            log.info("warm %s: %d sequential executions", lang, args.n)
-            warm[lang] = await bench.warm_series(lang, args.n, args.pool_size)
+            settle = "full" if args.settle == "full" else "one"
+            log.info("warm %s: %d sequential executions, settle %s", lang, args.n, settle)
+            warm[lang] = await bench.warm_series(lang, args.n, args.pool_size, settle)
             log.info("warm %s: %s", lang, warm[lang]["latency_ms"])
+        if args.settle == "both":  # the same with nothing warming beside each one
+            result["warm_pool_full"] = {}
+            for lang in LANGS:
+                log.info("warm %s: %d sequential executions, settle full", lang, args.n)
+                full = await bench.warm_series(lang, args.n, args.pool_size, "full")
+                result["warm_pool_full"][lang] = full
+                log.info("warm %s, pool full: %s", lang, full["latency_ms"])
         cold: dict[str, Any] = {}
         for lang in LANGS:
             log.info("cold %s: %d sequential bare pods", lang, args.cold_n)
@@ -518,29 +400,11 @@ async def run_on(kube: Kube, args: argparse.Namespace) -> int:
             }
             for lang in LANGS
         }
-        log.info("throughput: %d clients for %.0fs", args.clients, args.duration)
         size = max(args.pool_size, args.clients)
-        tp = await bench.throughput(size, args.clients, args.duration)
-        log.info("throughput: %s/s", tp["per_second"])
-        log.info("throughput, no preload: %d clients for %.0fs", args.clients, args.duration)
-        lean = await bench.throughput(size, args.clients, args.duration, preload=[])
-        log.info("throughput, no preload: %s/s", lean["per_second"])
-        log.info("raw pod churn: %d workers for %.0fs", args.clients, args.duration)
-        ch = await bench.churn(args.clients, args.duration)
-        log.info("raw pod churn: %s/s", ch["per_second"])
-        result["throughput"] = {
-            "operator": tp,
-            "operator_no_preload": lean,
-            "raw_pod_churn": ch,
-            "ratio": report.safe_ratio(tp["per_second"], ch["per_second"]),
-            "ratio_second_half": report.safe_ratio(
-                tp["per_second_second_half"], ch["per_second_second_half"]
-            ),
-            "ratio_no_preload": report.safe_ratio(lean["per_second"], ch["per_second"]),
-            "ratio_no_preload_second_half": report.safe_ratio(
-                lean["per_second_second_half"], ch["per_second_second_half"]
-            ),
-        }
+        result["throughput"] = await throughput.compare(
+            bench, POOLS["python"], size, args.clients, args.duration
+        )
+        tp, lean = result["throughput"]["operator"], result["throughput"]["operator_no_preload"]
         runs = (tp, lean)
         executions = sum(warm[lang]["n"] for lang in LANGS) + sum(
             t["executions_total"] for t in runs
@@ -603,9 +467,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=3)
     p.add_argument(
         "--settle",
-        choices=("one", "full"),
-        default="full",
-        help="start each warm execution when the pool has one ready pod, or when it is full",
+        choices=("one", "full", "both"),
+        default="both",
+        help="start each warm execution when the pool has one ready pod (back to back), or "
+        "when it is full; both: a series of each, back to back first",
     )
     p.add_argument(
         "--profile",

@@ -45,9 +45,19 @@ def test_bench_measures_warm_cold_and_throughput(cluster: Cluster) -> None:
         assert r["warm"][lang]["latency_ms"]["n"] == r["parameters"]["n"]
         assert r["cold"][lang]["latency_ms"]["n"] == r["parameters"]["cold_n"]
         assert r["warm_vs_cold"][lang]["p50"] is not None
+        # `--settle both`: back to back, then a series of its own with the pool full.
+        assert r["warm"][lang]["settle"] == "one"
+        full = r["warm_pool_full"][lang]
+        assert (full["settle"], full["failed"]) == ("full", 0), full.get("failures")
+        assert full["latency_ms"]["n"] == r["parameters"]["n"]
     tp = r["throughput"]
     assert tp["operator"]["reasons"] == {"Succeeded": tp["operator"]["executions_total"]}
     assert tp["ratio"] is not None and tp["ratio_no_preload"] is not None
+    # Both sides at saturation: the whole machine's CPU-seconds per execution.
+    for side in ("operator", "operator_no_preload", "raw_pod_churn"):
+        assert tp[side]["machine"]["busy_cpu_seconds"] > 0, tp[side]
+        assert tp[side]["machine_cpu_seconds_per_execution"] > 0, tp[side]
+    assert tp["machine_cpu_per_execution_ratio"] is not None
     assert r["operator_cost"]["peak_rss_mb"] > 0
     # Issue 16: runc and gVisor side by side in the same run (the test bed always has gVisor).
     rt = r["runtimes"]

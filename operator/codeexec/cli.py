@@ -17,14 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from codeexec.cliinput import LANGUAGE_BY_SUFFIX as LANGUAGE_BY_SUFFIX
+from codeexec.cliinput import UsageError as UsageError
+from codeexec.cliinput import infer_language as infer_language
+from codeexec.cliinput import parse_arguments as parse_arguments
+from codeexec.cliinput import parse_value as parse_value
+from codeexec.cliinput import read_code, read_input_files
 from codeexec.printers import LIST_HEADER as LIST_HEADER  # re-exported for scripts and tests
 from codeexec.printers import OUTPUTS, failure_summary, render, render_value
 from codeexec.printers import shorten as shorten
@@ -48,14 +52,9 @@ EXIT_CODES_HELP = (
     "4 gave up waiting (is the operator running?), 130 interrupted"
 )
 
-LANGUAGE_BY_SUFFIX = {".py": "python", ".js": "nodejs", ".cjs": "nodejs", ".mjs": "nodejs"}
 # Beyond the execution's own timeout: the queue (a pool's queueTimeoutSeconds, 120 s by
 # default) and the operator's grace. Past this the operator is most likely not running.
 WAIT_MARGIN_SECONDS = 300
-
-
-class UsageError(Exception):
-    """A mistake in the command line that argparse cannot catch."""
 
 
 # --- the operator (unchanged) ---------------------------------------------------------------
@@ -93,46 +92,6 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 # --- pure helpers (unit-tested) -------------------------------------------------------------
-
-
-def infer_language(path: str, explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    if path == "-":
-        return "python"  # stdin has no suffix; --language nodejs for JavaScript
-    language = LANGUAGE_BY_SUFFIX.get(Path(path).suffix.lower())
-    if language is None:
-        known = ", ".join(sorted(LANGUAGE_BY_SUFFIX))
-        raise UsageError(f"cannot tell the language of {path!r} (known: {known}); use --language")
-    return language
-
-
-def parse_value(text: str) -> Any:
-    """`--arg` values are JSON when they parse as JSON (5, true, [1,2], {"a":1}, "quoted"),
-    and plain strings otherwise (hello, 1.2.3): what a shell user means in either case."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def parse_arguments(pairs: Sequence[str], args_json: str | None) -> dict[str, Any]:
-    """`--args-json` first, then each `--arg k=v` on top of it (later wins)."""
-    arguments: dict[str, Any] = {}
-    if args_json is not None:
-        try:
-            loaded = json.loads(args_json)
-        except ValueError as err:
-            raise UsageError(f"--args-json is not valid JSON: {err}") from err
-        if not isinstance(loaded, dict):
-            raise UsageError("--args-json must be a JSON object (main receives keyword arguments)")
-        arguments.update(loaded)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--arg {pair!r} is not of the form key=value")
-        arguments[key] = parse_value(value)
-    return arguments
 
 
 def exit_code(execution: CodeExecution) -> int:
@@ -227,39 +186,6 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _read_code(path: str) -> str:
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {path}: {error}") from error
-
-
-def read_input_files(specs: Sequence[str]) -> list[dict[str, Any]]:
-    """`--file LOCAL[:NAME]`: each local file inline in spec.files, under NAME (default: its
-    base name) in the code's working directory."""
-    from codeexec.client import input_file
-    from codeexec.files import path_problem
-
-    files = []
-    for spec in specs:
-        local, sep, name = spec.partition(":")
-        name = name if sep else Path(local).name
-        problem = path_problem(name)
-        if problem is not None:
-            raise UsageError(f"--file {spec}: {problem}")
-        try:
-            data = Path(local).read_bytes()
-        except OSError as error:
-            raise UsageError(f"cannot read {local}: {error}") from error
-        try:
-            files.append(input_file(name, data.decode("utf-8")))
-        except UnicodeDecodeError:
-            files.append(input_file(name, data))
-    return files
-
-
 async def save_artifacts(cx: Client, done: CodeExecution, directory: str, err: TextIO) -> None:
     """Writes each artifact of `done` into directory, checked against its SHA-256."""
     for artifact in cx.artifacts(done):
@@ -274,7 +200,7 @@ async def run_file(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     language = infer_language(args.file, args.language)
     arguments = parse_arguments(args.arg or [], args.args_json)
     files = read_input_files(args.input_files or [])
-    code = await asyncio.to_thread(_read_code, args.file)
+    code = await asyncio.to_thread(read_code, args.file)
     if not code.strip():
         raise UsageError(f"{'stdin' if args.file == '-' else args.file} holds no code")
     progress = Progress(err, quiet=args.quiet)
