@@ -37,20 +37,37 @@ TOO_DEEP = f"<codeexec: nested deeper than {MAX_DECODE_DEPTH} levels, cut>"
 
 # A JSON string (escapes included) or one bracket. The unrolled loop keeps `re` linear.
 _STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
-_STRINGS = re.compile(_STRING)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _TOKENS = re.compile(_STRING + r"|[\[\]{}]")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+# The depth scan works on UTF-8 bytes, at C speed: escapes out first (`\\` pairs from the left,
+# as JSON reads them, then `\"`), then every byte but `"[]{}` deleted, then what is left
+# between quotes: the brackets outside strings. On a 6.9 KB pod watch event (its managedFields
+# keys hold escaped braces) the scan took 152-160 us as two regexes over the text and takes
+# 71-77 us this way; the whole decode 227 -> 123 us, json.loads alone 69 us (this VM, busy).
+_SKELETON = bytes(b for b in range(256) if b not in b'"[]{}')
+_QUOTED = re.compile(rb'"[^"]*"')
 
 
-def text_depth(text: str, *, stop_above: int | None = None) -> int:
+def _outside_strings(data: bytes) -> bytes:
+    """The brackets of a JSON text outside its strings, in order (for valid JSON exactly)."""
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Quotes alternate open/close; two adjacent ones (an empty string, or one string's end
+    # and the next one's start) move no bracket in or out of a string. Most strings hold no
+    # bracket, so this leaves the regex a few dozen quotes instead of ~900 (a pod event).
+    skeleton = data.translate(None, _SKELETON).replace(b'""', b"")
+    return _QUOTED.sub(b"", skeleton).replace(b'"', b"")
+
+
+def text_depth(text: str | bytes | bytearray, *, stop_above: int | None = None) -> int:
     """The deepest nesting of a JSON text (`{}` is 1, a scalar 0), counted outside strings.
 
     With `stop_above`, any answer above it may be returned as soon as it is known.
     """
-    if stop_above is not None and text.count("[") + text.count("{") <= stop_above:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if stop_above is not None and data.count(b"[") + data.count(b"{") <= stop_above:
         return stop_above  # not even that many opening brackets, strings included
-    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    brackets = _outside_strings(data)
     if stop_above is not None and len(brackets) // 2 <= stop_above:
         # Fewer bracket pairs than the limit: cannot be deeper (the common case, C speed).
         return min(len(brackets) // 2, stop_above)
@@ -95,8 +112,9 @@ def loads(
     Raises ValueError (json.JSONDecodeError) for text that is not JSON, like json.loads;
     `options` go to json.loads (e.g. parse_constant).
     """
+    too_deep = text_depth(data, stop_above=max_depth) > max_depth
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    if text_depth(text, stop_above=max_depth) > max_depth:
+    if too_deep:
         text = _cut(text, max_depth)
     try:
         return json.loads(text, **options)
