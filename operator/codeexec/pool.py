@@ -24,6 +24,7 @@ from codeexec.kube.client import NAMESPACES, PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.kube.events import Recorder
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
+from codeexec.refill import Refill
 from codeexec.settings import selector_matches
 from codeexec.status import condition, merge_conditions, timestamp
 
@@ -83,6 +84,9 @@ class Pool:
     # Growth while pods are unschedulable: the next try and how many came before it.
     unschedulable_streak: int = 0
     grow_after: float = 0.0
+    # Replacements held back until the run they replace has ended (refill.py).
+    refill: Refill = field(default_factory=Refill)
+    refill_due: float | None = None
 
     def target(self) -> int:
         return self.spec.size if self.desired is None else self.desired
@@ -360,6 +364,8 @@ class PoolManager:
             delay = idle if failures == 0 else backoff.delay(failures + 1, base=0.5, cap=30.0)
             if pool.report_due is not None:
                 delay = max(0.05, min(delay, pool.report_due - clock.monotonic()))
+            if pool.refill_due is not None:
+                delay = max(0.01, min(delay, pool.refill_due - clock.monotonic()))
             wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
             wait_wake = asyncio.ensure_future(pool.wake.wait())
             try:
@@ -393,7 +399,13 @@ class PoolManager:
         # At most CREATE_BURST pods whose placement is not known yet: a full cluster is
         # noticed (Unschedulable) before a burst has filled maxSize with pods that would wait.
         missing = min(missing, CREATE_BURST - self._unplaced(pool) - len(pool.expected))
-        for _ in range(max(0, min(missing, CREATE_BURST))):
+        mono = clock.monotonic()
+        pods = self.cache.of_pool(pool.name)
+        pool.refill.observe((p.name for p in pods if p.state == podspec.CLAIMED and p.live), mono)
+        held, pool.refill_due = pool.refill.hold(
+            missing, ready=counts.ready, waiting=counts.queue, now=mono
+        )
+        for _ in range(max(0, min(missing - held, CREATE_BURST))):
             manifest = podspec.sandbox_pod(pool.name, pool.spec, self.namespace)
             name = manifest["metadata"]["name"]
             pool.expected[name] = now
