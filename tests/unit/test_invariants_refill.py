@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 from codeexec import refill
-
 from tests.fakeapi import vtime
 from tests.fakeapi.operator import Replica
 from tests.fakeapi.server import Call
