@@ -158,10 +158,17 @@ class PoolManager:
         self.synced = asyncio.Event()
         # Executions waiting for a pod of a pool (claim.Broker.waiting, wired at start-up).
         self.queue_depth: Callable[[str], int] = lambda _pool: 0
+        # Called once a pool's status is written and recorded (scaletarget.ScaleTargets): its
+        # watch event may come back before the write's answer, when `last_status` is still old.
+        self._reported: list[Callable[[], None]] = []
         # Scale changes are Events on the SandboxPool, posted in the operator's own namespace
         # (a cluster-scoped object's Events would otherwise need rights in `default`).
         self.events = events
         self.events_namespace = events_namespace
+
+    def on_report(self, listener: Callable[[], None]) -> None:
+        """`listener` is called after each pool status this manager writes and records."""
+        self._reported.append(listener)
 
     # --- registry -----------------------------------------------------------------------------
 
@@ -562,6 +569,8 @@ class PoolManager:
             pool.last_status = status
             pool.conditions = conditions
             pool.last_report, pool.report_due = now, None
+            for listener in self._reported:
+                listener()
         except ApiError as err:
             if not err.not_found:
                 raise

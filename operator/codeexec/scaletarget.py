@@ -73,6 +73,10 @@ class ScaleTargets:
         self.handles: dict[str, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self.wake = asyncio.Event()
+        # The handle shows `Pool.last_status`: woken when it is recorded, not only by the
+        # pool's watch event, which can arrive before the write's answer (CI saw a handle stuck
+        # at 1 beside a pool of 2).
+        pools.on_report(self.changed)
 
     def changed(self) -> None:
         """A pool changed (its spec, or the status it reported)."""

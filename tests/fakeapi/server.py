@@ -229,6 +229,17 @@ class FakeApi:
         self.after_faults.append(fault)
         return fault
 
+    def slow_answer(self, match: Callable[[Call], bool], latency: float) -> Fault:
+        """Calls that `match` take effect at once, but their answer arrives `latency` later:
+        the watch echoes the write before its writer hears back (a busy API server)."""
+
+        async def fault(call: Call) -> None:
+            if match(call):
+                await asyncio.sleep(latency)
+
+        self.after_faults.append(fault)
+        return fault
+
     def fail(
         self,
         match: Callable[[Call], bool],

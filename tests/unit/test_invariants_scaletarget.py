@@ -9,7 +9,7 @@ from typing import Any
 from codeexec.podspec import MANAGED_BY, OPERATOR
 from tests.fakeapi import vtime
 from tests.fakeapi.operator import SANDBOX, Replica
-from tests.fakeapi.server import JSON
+from tests.fakeapi.server import JSON, Call
 from tests.fakeapi.world import World
 
 POOL = "python"
@@ -123,6 +123,37 @@ def test_a_write_is_passed_on_once_even_across_a_restart() -> None:
         assert _pool(w)["spec"]["size"] == 3
         assert _forwards(w) == 1  # one pass-on in all
         assert w.warm_ready() == 3
+
+    vtime.run(scenario)
+
+
+def test_the_handle_reports_the_pools_figures_even_when_the_watch_is_faster_than_the_answer() -> (
+    None
+):
+    """The handle shows what the pool reported, even when the pool's status write comes back
+    through the watch before its own answer does (a busy API server; CI once saw a handle stuck
+    at 1 replica beside a pool of 2). Every answer to a pool status write here arrives 2 s
+    late, after its watch event.
+
+    Caught: with the handle woken only by the pool's watch events, it read the figures the
+    keeper had not yet recorded, and nothing woke it again: the handle kept 2 beside a pool
+    of 5 and this failed."""
+
+    def pool_status(call: Call) -> bool:
+        return call.plural == "sandboxpools" and call.sub == "status"
+
+    async def scenario() -> None:
+        w, _op = await _external_pool_with_its_handle()
+        await vtime.until(lambda: w.warm_ready() == 2)
+        await vtime.settle(10)
+        w.api.slow_answer(pool_status, 2.0)
+        _hpa_writes(w, 5)
+        await vtime.until(lambda: w.warm_ready() == 5, what="scaled to 5 by the handle")
+        await vtime.settle(30)
+        reported = _pool(w)["status"]
+        assert reported["replicas"] == 5
+        status = (_handle(w) or {})["status"]
+        assert (status["replicas"], status["desired"]) == (5, 5), status
 
     vtime.run(scenario)
 
