@@ -15,6 +15,7 @@ before, and this watch does not run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 from collections.abc import Callable
@@ -33,6 +34,10 @@ FINISHED = "status.phase!=,status.phase!=Pending,status.phase!=Running"
 # Bodies decoded at once while listing: 500 finished ones are ~2.5 MB of JSON, ~10 MB as Python
 # objects, freed before the next page (a whole 50,000 listing at once would be ~1 GB).
 PAGE = 500
+# Namespaces listed at once; the watches still run side by side. Measured with 100 namespaces
+# of 100 finished each, in one process: RSS 88.2 MB two at a time against 96.4 MB all at once
+# (84.9 MB with none), the pages in flight being the difference.
+LISTS_AT_ONCE = 2
 # Transient answers to the start-up probe before it settles for watching everything (with the
 # shared backoff capped at 5 s: about a minute and a half).
 PROBE_ATTEMPTS = 20
@@ -103,28 +108,33 @@ class FinishedWatch:
         self.handle = handle
         self.synced = asyncio.Event()
         self._listed: set[str | None] = set()
+        self._turn = asyncio.Semaphore(LISTS_AT_ONCE)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(ns) for ns in self.where))
 
     async def _follow(self, namespace: str | None) -> None:
         """One namespace (or all): listed page by page, each item handed on and dropped."""
-        async for kind, obj in informer.follow(
+        stream = informer.follow(
             self.kube,
             CODE_EXECUTIONS,
             namespace,
             what=f"finished executions in {namespace or '*'}",
             field_selector=FINISHED,
             page_size=PAGE,
-        ):
-            if kind == informer.ITEM:
-                self._hand(None, obj)
-            elif kind == informer.LISTED:
-                self._listed.add(namespace)
-                if len(self._listed) == len(self.where):
-                    self.synced.set()
-            elif kind != informer.LISTING:  # after a 410 the janitor takes each one once
-                self._hand(kind, obj)
+            listing=self._turn,
+        )
+        # Closed at once if the handler raises mid-list: the listing turn goes back with it.
+        async with contextlib.aclosing(stream):
+            async for kind, obj in stream:
+                if kind == informer.ITEM:
+                    self._hand(None, obj)
+                elif kind == informer.LISTED:
+                    self._listed.add(namespace)
+                    if len(self._listed) == len(self.where):
+                        self.synced.set()
+                elif kind != informer.LISTING:  # after a 410 the janitor takes each one once
+                    self._hand(kind, obj)
 
     def _hand(self, type_: str | None, body: dict[str, Any]) -> None:
         if self.serves(str((body.get("metadata") or {}).get("namespace") or "")):

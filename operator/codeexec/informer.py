@@ -13,14 +13,16 @@ marks each list with LISTING (what was known before may be gone) and LISTED (in 
         else: apply(kind, obj)           # ADDED, MODIFIED, DELETED
 
 An exception in the consumer's body ends its loop (the generator never sees it): background
-loops are restarted by `supervise`.
+loops are restarted by `supervise`. Many follows side by side may share a `listing` semaphore:
+each holds it while it lists, and watches without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from codeexec import backoff
@@ -43,28 +45,26 @@ async def follow(
     label_selector: str | None = None,
     field_selector: str | None = None,
     page_size: int | None = None,
+    listing: asyncio.Semaphore | None = None,
     base: float = 1.0,
     cap: float = 30.0,
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
     failures = 0
     rv: str | None = None
     while True:
         try:
             if rv is None:
                 yield LISTING, {}
-                listed_rv = ""
-                async for page in kube.pages(
-                    res,
-                    namespace,
-                    label_selector=label_selector,
-                    field_selector=field_selector,
-                    limit=page_size,
-                ):
-                    meta = page.get("metadata") or {}
-                    listed_rv = listed_rv or str(meta.get("resourceVersion") or "")
-                    for item in page.get("items") or []:
+                version: list[str] = []
+                # A consumer that stops mid-list closes this generator (contextlib.aclosing),
+                # which gives the turn back; a failed list gives it back before the backoff.
+                async with listing or contextlib.nullcontext():
+                    async for item in _items(
+                        kube, res, namespace, label_selector, field_selector, page_size, version
+                    ):
                         yield ITEM, item
-                rv = listed_rv
+                    item = {}  # not the last body, kept for as long as the watch runs
+                rv = version[0] if version else ""
                 yield LISTED, {}
                 failures = 0
             async for event in kube.watch(
@@ -88,3 +88,28 @@ async def follow(
             failures += 1
             log.warning("watch of %s: %r", what, err)
             await backoff.sleep(failures, base=base, cap=cap)
+
+
+async def _items(
+    kube: Kube,
+    res: Resource,
+    namespace: str | None,
+    label_selector: str | None,
+    field_selector: str | None,
+    limit: int | None,
+    version: list[str],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A list's items, page by page; the first resourceVersion given goes into `version`.
+
+    Its own generator so that no page outlives its list: a page bound in `follow`'s frame
+    stayed referenced for as long as the watch after it ran (days). With a watch per namespace
+    of finished executions, every listed body stayed in memory: 50,000 of them were most of a
+    432.6 MB peak (docs/benchmarks.md)."""
+    async for page in kube.pages(
+        res, namespace, label_selector=label_selector, field_selector=field_selector, limit=limit
+    ):
+        listed_rv = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        if listed_rv and not version:
+            version.append(listed_rv)
+        for item in page.get("items") or []:
+            yield item
