@@ -14,7 +14,6 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from codeexec import clock, fairness, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
@@ -75,6 +74,12 @@ class Broker:
         self.namespace = namespace
         self._queues: dict[str, _PoolQueue] = {}
         self._seq = itertools.count()
+        # Executions waiting, by (pool, template): each pod change runs one hand-out for each
+        # pair (the waiters do not record their template, so it is counted here). With each
+        # waiter looking for itself, 1,000 waiting meant 1,000 wake-ups per pod change: 22 % of
+        # a CPU at ~500 waiting (make scale --large, docs/benchmarks.md).
+        self._wanted: dict[tuple[str, str], int] = {}
+        cache.listen(self._pump_wanted)
 
     def waiting(self, pool: str) -> int:
         q = self._queues.get(pool)
@@ -100,6 +105,10 @@ class Broker:
         ahead = q.line.ahead(waiter.namespace, waiter) or 0
         cap = q.cap_of(fairness.holding(self.cache.of_pool(pool)), waiter.namespace)
         return fairness.hold(pool, cap, execution_uid, ahead, q.line.waiting())
+
+    def _pump_wanted(self) -> None:
+        for pool, template in list(self._wanted):
+            self._pump(pool, template)
 
     def _pump(self, pool: str, template: str) -> None:
         q = self._queues.setdefault(pool, _PoolQueue())
@@ -147,6 +156,8 @@ class Broker:
         namespace = fairness.namespace_of(execution_ref) or ""
         seq = next(self._seq)
         enqueue = q.line.push
+        wanted = (pool, template)
+        self._wanted[wanted] = self._wanted.get(wanted, 0) + 1
         try:
             while True:
                 loop = asyncio.get_running_loop()
@@ -177,6 +188,9 @@ class Broker:
                 enqueue = q.line.give_back  # the lost pod did not use up this namespace's turn
         finally:
             q.waiters.pop(execution_uid, None)
+            self._wanted[wanted] -= 1
+            if not self._wanted[wanted]:
+                del self._wanted[wanted]
 
     @staticmethod
     def _abandon(q: _PoolQueue, waiter: _Waiter) -> None:
@@ -193,14 +207,9 @@ class Broker:
             remaining = deadline - clock.time()
             if remaining <= 0:
                 raise NoPodInTime(self.hold(pool, waiter.uid))
-            changed: asyncio.Future[Any] = asyncio.ensure_future(
-                self.cache.wait_changed(min(remaining, 5.0))
-            )
-            assigned: asyncio.Future[Any] = waiter.future
-            try:
-                await asyncio.wait([changed, assigned], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                changed.cancel()
+            # Woken by its own pod (handed out by `_pump_wanted` at each pod change), by its
+            # deadline, or every 5 s for a look of its own.
+            await asyncio.wait({waiter.future}, timeout=min(remaining, 5.0))
             if not waiter.future.done():
                 self._pump(pool, template)
         return waiter.future.result()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -145,10 +145,21 @@ class PodCache:
         self.pods: dict[str, PodView] = {}
         self.synced = asyncio.Event()
         self._changed = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """`listener` is called at each change, once however many tasks wait for one (the claim
+        broker hands out pods there, not in each waiting execution)."""
+        self._listeners.append(listener)
 
     def notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # one listener's bug must not stop the cache or the others
+                log.exception("pod cache listener %r", listener)
 
     async def wait_changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -117,3 +117,54 @@ def test_a_cancelled_waiter_returns_its_pod() -> None:
         assert claimed.pod.name == "python-only"
 
     vtime.run(scenario)
+
+
+def test_a_pod_change_is_one_hand_out_however_many_wait() -> None:
+    """100 executions wait for a pod of one pool; 50 changes of another pool's pod cost one
+    hand-out pass each, not one per waiter; then the first in line gets the next warm pod.
+
+    Caught: with each waiter waking at every change of the pod cache to look for itself, the
+    50 changes made 2,800 passes (1,000 waiting executions kept a CPU core busy in
+    `make scale --large`)."""
+
+    async def scenario() -> None:
+        w = World(pool_size=0)
+        _, _cache_a, broker = await _cache(w, "op-a")
+        passes = [0]
+        pump = broker._pump
+
+        def counted(pool: str, template: str) -> None:
+            passes[0] += 1
+            pump(pool, template)
+
+        broker._pump = counted  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        waiters = [
+            loop.create_task(_claim(broker, f"uid-{i}", float(i), 600.0)) for i in range(100)
+        ]
+        await vtime.settle(1.0)
+        assert broker.waiting("python") == 100
+        _warm_pod(w, "elsewhere")
+        w.api.patch(
+            "pods",
+            SANDBOX,
+            "elsewhere",
+            {"metadata": {"labels": {podspec.POOL_LABEL: "node"}}},
+            "merge",
+        )
+        passes[0] = 0
+        for i in range(50):
+            w.api.patch(
+                "pods", SANDBOX, "elsewhere", {"metadata": {"annotations": {"n": str(i)}}}, "merge"
+            )
+        await vtime.settle(1.0)  # under the waiters' own 5 s look
+        assert 50 <= passes[0] <= 60, passes[0]
+        _warm_pod(w, "python-only")
+        first = await waiters[0]
+        assert first.pod.name == "python-only"
+        assert broker.waiting("python") == 99
+        for task in waiters[1:]:
+            task.cancel()
+        await asyncio.gather(*waiters[1:], return_exceptions=True)
+
+    vtime.run(scenario)
