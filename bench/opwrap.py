@@ -85,26 +85,28 @@ TRACE_STEP_BYTES = 16 << 20
 TRACE_TOP = 25
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def trace_memory(path: str, frames: int) -> None:
     """Appends the largest allocation sites to `path` whenever RSS grew by a step."""
+    from bench.operator import read_proc  # only when tracing: the operator's own reader
+
+    def rss() -> int:
+        stats = read_proc(os.getpid())
+        return stats.rss_bytes if stats else 0
+
     tracemalloc.start(frames)
+    start = rss()
 
     def watch() -> None:
-        mark = _rss()
+        mark = start
         while True:
             time.sleep(1.0)
-            rss = _rss()
-            if rss < mark + TRACE_STEP_BYTES:
+            now = rss()
+            if now < mark + TRACE_STEP_BYTES:
                 continue
-            mark = rss
+            mark = now
             top = tracemalloc.take_snapshot().statistics("traceback")[:TRACE_TOP]
             with open(path, "a") as out:
-                out.write(f"=== {time.strftime('%H:%M:%S')} RSS {rss / 2**20:.1f} MB\n")
+                out.write(f"=== {time.strftime('%H:%M:%S')} RSS {now / 2**20:.1f} MB\n")
                 for stat in top:
                     out.write(f"{stat.size / 2**20:8.1f} MB {stat.count:9d}\n")
                     for line in stat.traceback.format():

@@ -17,6 +17,7 @@ from typing import Any
 
 from codeexec import informer, podspec
 from codeexec.kube.client import PODS, Kube, older
+from codeexec.listeners import Listeners
 from codeexec.outcomes import Terminated
 
 log = logging.getLogger(__name__)
@@ -145,21 +146,17 @@ class PodCache:
         self.pods: dict[str, PodView] = {}
         self.synced = asyncio.Event()
         self._changed = asyncio.Event()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners = Listeners("pod cache")
 
     def listen(self, listener: Callable[[], None]) -> None:
         """`listener` is called at each change, once however many tasks wait for one (the claim
         broker hands out pods there, not in each waiting execution)."""
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-        for listener in self._listeners:
-            try:
-                listener()
-            except Exception:  # one listener's bug must not stop the cache or the others
-                log.exception("pod cache listener %r", listener)
+        self._listeners()
 
     async def wait_changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

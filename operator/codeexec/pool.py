@@ -22,6 +22,7 @@ from codeexec import autoscale, backoff, clock, informer, metrics, podspec, tena
 from codeexec.api.models import API_VERSION, SandboxPoolSpec
 from codeexec.kube.client import NAMESPACES, PODS, SANDBOX_POOLS, ApiError, Kube
 from codeexec.kube.events import Recorder
+from codeexec.listeners import Listeners
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
 from codeexec.refill import Refill
@@ -160,7 +161,7 @@ class PoolManager:
         self.queue_depth: Callable[[str], int] = lambda _pool: 0
         # Called once a pool's status is written and recorded (scaletarget.ScaleTargets): its
         # watch event may come back before the write's answer, when `last_status` is still old.
-        self._reported: list[Callable[[], None]] = []
+        self._reported = Listeners("pool report")
         # Scale changes are Events on the SandboxPool, posted in the operator's own namespace
         # (a cluster-scoped object's Events would otherwise need rights in `default`).
         self.events = events
@@ -168,7 +169,7 @@ class PoolManager:
 
     def on_report(self, listener: Callable[[], None]) -> None:
         """`listener` is called after each pool status this manager writes and records."""
-        self._reported.append(listener)
+        self._reported.add(listener)
 
     # --- registry -----------------------------------------------------------------------------
 
@@ -569,8 +570,7 @@ class PoolManager:
             pool.last_status = status
             pool.conditions = conditions
             pool.last_report, pool.report_due = now, None
-            for listener in self._reported:
-                listener()
+            self._reported()
         except ApiError as err:
             if not err.not_found:
                 raise

@@ -74,3 +74,22 @@ def test_claimed_for_puts_the_latest_attempt_first_even_within_one_second() -> N
     cache.apply("ADDED", claimed("first", "ex-uid", "2026-11-26T10:00:00Z", attempt=1))
     cache.apply("ADDED", claimed("second", "ex-uid", "2026-11-26T10:00:00Z", attempt=2))
     assert [p.name for p in cache.claimed_for("ex-uid")] == ["second", "first"]
+
+
+def test_a_failing_listener_neither_stops_the_cache_nor_the_other_listeners() -> None:
+    """Each change reaches every listener once, in order, even after one of them raised.
+
+    Caught: with the listeners called without the guard, the first one's error stopped the
+    change before the claim broker's hand-out ran."""
+    cache = PodCache(None, "sandbox")  # type: ignore[arg-type]  # no API call here
+    heard: list[str] = []
+
+    def broken() -> None:
+        heard.append("broken")
+        raise RuntimeError("a bug in another room")
+
+    cache.listen(broken)
+    cache.listen(lambda: heard.append("broker"))
+    cache.notify()
+    cache.notify()
+    assert heard == ["broken", "broker", "broken", "broker"]
