@@ -25,13 +25,15 @@ from codeexec.kube.events import Recorder
 from codeexec.listeners import Listeners
 from codeexec.podcache import PodCache, PodView
 from codeexec.poddelete import delete_pod
+from codeexec.poolstatus import Counts, in_use_ratio, news, ready_condition, schedulable_condition
 from codeexec.refill import Refill
 from codeexec.settings import selector_matches
-from codeexec.status import condition, merge_conditions, timestamp
+from codeexec.status import merge_conditions, timestamp
 
 log = logging.getLogger(__name__)
 
 CREATE_BURST = 8
+MAX_NAME = podspec.MAX_LABEL_VALUE  # a pool's name is a label value on its pods
 # A warm pod is replaced this long before it could no longer take the pool's longest execution:
 # time for its successor to start and warm (images are cached; a start takes seconds).
 RECYCLE_MARGIN_SECONDS = 300
@@ -43,16 +45,6 @@ RECYCLE_MARGIN_SECONDS = 300
 # The gauges always move at once.
 STATUS_INTERVAL_SECONDS = 1.0
 COUNTS_INTERVAL_SECONDS = 5.0
-# Status fields whose change is news, not just a count moving.
-_NEWS = (
-    "desired",
-    "unschedulable",
-    "selector",
-    "lastScaleReason",
-    "lastScaleTime",
-    "templateHash",
-    "observedGeneration",
-)
 # An autoscaled pool's keeper looks at its demand every second (in memory; the status is still
 # written only when it changes): an execution arriving at an empty pool waits at most this
 # long, plus the pod's warm-up, for its pod to be started.
@@ -61,6 +53,10 @@ IDLE_INTERVAL_SECONDS = 5.0
 # While pods of a pool cannot be scheduled, one more pod is tried after 5 s, doubling to 5 min.
 UNSCHEDULABLE_BASE_SECONDS = 5.0
 UNSCHEDULABLE_CAP_SECONDS = 300.0
+# An execution naming a pool the API server has but the pool watch has not brought yet (both
+# applied at once, or the watch retrying: its backoff is capped at 30 s) waits this long for
+# it, instead of failing on a registry that lags.
+REGISTRY_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -93,53 +89,6 @@ class Pool:
         return self.spec.size if self.desired is None else self.desired
 
 
-@dataclass(frozen=True)
-class Counts:
-    ready: int
-    warming: int
-    claimed: int
-    unschedulable: int = 0
-    queue: int = 0
-
-
-def ready_condition(pool: Pool, counts: Counts) -> dict[str, Any]:
-    """Ready means serving: a pool that hands out pods is Ready while it refills (health tools
-    such as Argo CD and kstatus read Ready=False as unhealthy). False only until its first pod
-    is ready, or while it has neither a ready nor a claimed pod and never served."""
-    size = pool.target()
-    message = f"{counts.ready}/{size} warm pods ready, {counts.warming} warming"
-    message += f", {counts.claimed} running" if counts.claimed else ""
-    served = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pool.conditions)
-    if counts.ready >= size:
-        return condition("Ready", True, "Full", message, generation=pool.generation)
-    if counts.ready or counts.claimed or served:
-        return condition("Ready", True, "Refilling", message, generation=pool.generation)
-    return condition("Ready", False, "Warming", message, generation=pool.generation)
-
-
-def schedulable_condition(pool: Pool, counts: Counts, message: str | None) -> dict[str, Any]:
-    """False while any pod of the pool waits for room on a node."""
-    if counts.unschedulable:
-        text = f"{counts.unschedulable} pod(s) cannot be scheduled: {message or 'no room'}"
-        return condition("Schedulable", False, "Unschedulable", text, generation=pool.generation)
-    return condition(
-        "Schedulable", True, "Scheduled", "every pod found a node", generation=pool.generation
-    )
-
-
-def _news(
-    before: dict[str, Any],
-    after: dict[str, Any],
-    conditions_before: list[dict[str, Any]],
-    conditions_after: list[dict[str, Any]],
-) -> bool:
-    """Whether a pool's new status says more than that its counts moved."""
-    if any(before.get(k) != after.get(k) for k in _NEWS):
-        return True
-    flips = {c.get("type"): c.get("status") for c in conditions_before}
-    return any(flips.get(c.get("type")) != c.get("status") for c in conditions_after)
-
-
 class PoolManager:
     def __init__(
         self,
@@ -157,6 +106,7 @@ class PoolManager:
         self.selector = selector
         self.pools: dict[str, Pool] = {}
         self.synced = asyncio.Event()
+        self._registered = asyncio.Event()  # replaced and set at each pool upserted
         # Executions waiting for a pod of a pool (claim.Broker.waiting, wired at start-up).
         self.queue_depth: Callable[[str], int] = lambda _pool: 0
         # Called once a pool's status is written and recorded (scaletarget.ScaleTargets): its
@@ -207,24 +157,19 @@ class PoolManager:
 
     def upsert(self, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
-        if len(name) > podspec.MAX_LABEL_VALUE:
+        if len(name) > MAX_NAME:
             # The CRD refuses such names; one stored before that rule would make every pod
             # creation fail (the pool name is a label value on its pods).
-            log.error(
-                "SandboxPool %s: name over %d characters; not served",
-                name[:70],
-                podspec.MAX_LABEL_VALUE,
-            )
+            log.error("SandboxPool %s: name over %d characters; not served", name[:70], MAX_NAME)
             return
         if not self.serves(body):
             # Relabelled away from this installation: let go of it.
             if name in self.pools:
                 asyncio.get_running_loop().create_task(self.remove(name))
             return
-        try:
-            spec = SandboxPoolSpec.model_validate(body.get("spec") or {})
-        except ValueError as err:
-            log.error("SandboxPool %s has an invalid spec: %s", name, err)
+        spec = _parse_spec(body)
+        if isinstance(spec, str):
+            log.error("SandboxPool %s has an invalid spec: %s", name, spec)
             return
         pool = self.pools.get(name)
         if pool is None:
@@ -237,6 +182,8 @@ class PoolManager:
         if pool.task is None or pool.task.done():
             pool.task = asyncio.create_task(self._keep(pool), name=f"pool-keeper/{name}")
         pool.wake.set()
+        self._registered.set()
+        self._registered = asyncio.Event()
 
     async def remove(self, name: str) -> None:
         pool = self.pools.pop(name, None)
@@ -257,6 +204,8 @@ class PoolManager:
         """
         if name:
             pool = self.pools.get(name)
+            if pool is None and await self._catch_up(language, name):
+                pool = self.pools.get(name)
             if pool is None:
                 return f"SandboxPool {name!r} does not exist"
             if pool.spec.language != language:
@@ -267,10 +216,9 @@ class PoolManager:
                     "(not among the pool's spec.tenants)"
                 )
             return pool
-        defaults = sorted(
-            (p for p in self.pools.values() if p.spec.language == language and p.spec.default),
-            key=lambda p: p.name,
-        )
+        defaults = self._defaults(language)
+        if not defaults and await self._catch_up(language, None):
+            defaults = self._defaults(language)
         if not defaults:
             return f"no default SandboxPool for {language}; set spec.pool"
         for pool in defaults:
@@ -281,6 +229,41 @@ class PoolManager:
             f"namespace {namespace!r} may use no default SandboxPool for {language} "
             f"(not among the spec.tenants of {names}); set spec.pool"
         )
+
+    def _defaults(self, language: str) -> list[Pool]:
+        found = (p for p in self.pools.values() if _default_for(p.spec, language))
+        return sorted(found, key=lambda p: p.name)
+
+    async def _catch_up(self, language: str, name: str | None) -> bool:
+        """Whether the registry now holds what the API server has for `name` (or, without a
+        name, `language`'s default pools) that it lacked: read from the API server, then
+        waited for through the pool watch (never taken from the read itself: an answer that
+        comes after the watch's deletion would bring a deleted pool back to life)."""
+        try:
+            if name:
+                found = [await self.kube.get(SANDBOX_POOLS, name)]
+            else:
+                listed = await self.kube.list(SANDBOX_POOLS, label_selector=self.selector or None)
+                found = listed.get("items") or []
+        except ApiError as err:
+            if err.not_found:
+                return False
+            raise
+        wanted = set()
+        for body in found:
+            spec = _parse_spec(body)
+            servable = self.serves(body) and len(body["metadata"]["name"]) <= MAX_NAME
+            if servable and not isinstance(spec, str) and (name or _default_for(spec, language)):
+                wanted.add(body["metadata"]["name"])
+        ends = clock.monotonic() + REGISTRY_WAIT_SECONDS
+        while wanted - self.pools.keys():
+            left = ends - clock.monotonic()
+            if left <= 0:
+                log.warning("SandboxPools %s exist but were not seen in time", sorted(wanted))
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._registered.wait(), left)
+        return bool(wanted)
 
     async def admits(self, pool: Pool, namespace: str) -> bool:
         """Reads the namespace's labels only when the pool selects tenants by label.
@@ -558,7 +541,7 @@ class PoolManager:
         now = clock.monotonic()
         interval = (
             STATUS_INTERVAL_SECONDS
-            if _news(pool.last_status, status, pool.conditions, conditions)
+            if news(pool.last_status, status, pool.conditions, conditions)
             else COUNTS_INTERVAL_SECONDS
         )
         if now - pool.last_report < interval:
@@ -582,14 +565,17 @@ class PoolManager:
                 await self._delete_warm(pod)
 
 
+def _parse_spec(body: dict[str, Any]) -> SandboxPoolSpec | str:
+    """The pool's spec, or why it is invalid."""
+    try:
+        return SandboxPoolSpec.model_validate(body.get("spec") or {})
+    except ValueError as err:
+        return str(err)
+
+
+def _default_for(spec: SandboxPoolSpec, language: str) -> bool:
+    return spec.default and spec.language == language
+
+
 def _autoscaled(pool: Pool) -> bool:
     return pool.spec.scaling is not None and pool.spec.scaling.mode == "Builtin"
-
-
-def in_use_ratio(counts: Counts) -> float:
-    """Running pods over running and ready ones, 1.0 when executions wait: the share of warm
-    capacity in use, the signal an HPA or KEDA scales on (docs/capacity.md)."""
-    if counts.queue:
-        return 1.0
-    busy = counts.claimed + counts.ready
-    return counts.claimed / busy if busy else 0.0

@@ -199,6 +199,7 @@ class FakeApi:
         self.attach: Callable[[str, str, str, str], Any] | None = None  # the kubelet's attach
         self.calls: list[Call] = []
         self.watch_lag = 0.0  # virtual seconds every watch event is held back
+        self.lag: dict[str, float] = {}  # more of it for one resource's watches (by plural)
         self.hooks: list[Callable[[str, JSON], None]] = []  # after each change (kubelet)
         self._names = itertools.count(1)
         self.stopped: set[Key] = set()  # deleted for good, waiting only on finalizers
@@ -566,7 +567,7 @@ class FakeApi:
                     return
                 if ev is None:
                     return
-                hold = ev.at + self.watch_lag - clock.monotonic()
+                hold = ev.at + self.watch_lag + self.lag.get(plural, 0.0) - clock.monotonic()
                 if hold > 0:
                     await asyncio.sleep(hold)
                 yield {"type": ev.type, "object": copy.deepcopy(ev.obj)}

@@ -10,7 +10,8 @@ from typing import Any
 from codeexec import status as st
 from codeexec.api.models import SandboxPoolSpec
 from codeexec.outcomes import Outcome, Reason
-from codeexec.pool import Counts, Pool, ready_condition
+from codeexec.pool import Pool
+from codeexec.poolstatus import Counts, ready_condition
 
 CREATED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
