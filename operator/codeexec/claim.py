@@ -14,6 +14,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from codeexec import clock, fairness, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
@@ -79,6 +80,7 @@ class Broker:
         # waiter looking for itself, 1,000 waiting meant 1,000 wake-ups per pod change: 22 % of
         # a CPU at ~500 waiting (make scale --large, docs/benchmarks.md).
         self._wanted: dict[tuple[str, str], int] = {}
+        self._writing: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}  # claims on their way
         cache.listen(self._pump_wanted)
 
     def waiting(self, pool: str) -> int:
@@ -243,8 +245,15 @@ class Broker:
             attempt=attempt,
             term=term,
         )
+        # Shielded: the execution's deletion cancels its road, maybe with this write on its way;
+        # the claim may land all the same, and its answer must still reach the cache, where
+        # the deletion's release (settled) finds the pod (else it waited for the sweep, ~60 s).
+        write = asyncio.ensure_future(self._write_claim(pod.name, patch))
+        writes = self._writing.setdefault(execution_uid, set())
+        writes.add(write)
+        write.add_done_callback(lambda done: _forget_write(self._writing, execution_uid, done))
         try:
-            body = await self.kube.patch(PODS, pod.name, patch, self.namespace)
+            body = await asyncio.shield(write)
         except ApiError as err:
             if err.conflict or err.not_found or err.status == 422:
                 metrics.CLAIM_CONFLICTS.inc()
@@ -252,8 +261,19 @@ class Broker:
                 await self._refresh(pod.name)
                 return None
             raise
-        self.cache.apply("MODIFIED", body)
         return Claimed(pod=view(body), claimed_at=now)
+
+    async def _write_claim(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        body = await self.kube.patch(PODS, name, patch, self.namespace)
+        self.cache.apply("MODIFIED", body)
+        return body
+
+    async def settled(self, execution_uid: str) -> None:
+        """Once every claim write for this execution has been answered (and what it claimed
+        is in the cache), whatever became of the road that sent it."""
+        writes = self._writing.get(execution_uid)
+        if writes:
+            await asyncio.wait(set(writes))
 
     async def _refresh(self, name: str) -> None:
         """After a lost claim, look at the pod as the API server has it now."""
@@ -265,3 +285,16 @@ class Broker:
                 return
             raise
         self.cache.apply("MODIFIED", body)
+
+
+def _forget_write(
+    writing: dict[str, set[asyncio.Future[dict[str, Any]]]],
+    uid: str,
+    done: asyncio.Future[dict[str, Any]],
+) -> None:
+    writes = writing.get(uid, set())
+    writes.discard(done)
+    if not writes:
+        writing.pop(uid, None)
+    if not done.cancelled():
+        done.exception()  # retrieved: a failed write nobody awaited any more is not an error

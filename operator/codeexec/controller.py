@@ -104,6 +104,7 @@ class Executions:
         task = self.tasks.pop(uid, None)
         if task is not None and not task.done():
             task.cancel()
+            self._spawn(self._release_after(uid, task), f"release-after/{uid}")
         self.janitor.forget(uid)
         self._release(uid)
         self._spawn(self._forget_artifacts(body), f"artifacts/{uid}")
@@ -246,6 +247,13 @@ class Executions:
             if err.not_found:
                 raise _Gone() from err
             raise
+
+    async def _release_after(self, uid: str, road: asyncio.Task[None]) -> None:
+        """A claim the road sent just before it was cancelled still lands: its pod is freed
+        once the road has stopped and its claim writes are answered."""
+        await asyncio.wait({road})
+        await self.rt.broker.settled(uid)
+        self._release(uid)
 
     def _release(self, uid: str) -> None:
         """Nobody will read this execution's result: free the pods claimed for it."""

@@ -179,9 +179,11 @@ class Hold:
 
 def hold(pool: str, cap: Cap, uid: str, ahead: int, in_line: int) -> Hold:
     if cap.holds_back(uid, ahead):
+        # `used`, not the holders alone: a pod being claimed for the namespace (its claim on
+        # its way) takes a slot too, and the count must say why the waiter waits.
         return Hold(
             QUOTA_REASON,
-            f"waiting: namespace quota, {len(cap.holders)} running (pool {pool} runs at most "
+            f"waiting: namespace quota, {cap.used} running (pool {pool} runs at most "
             f"{cap.limit} per namespace)",
         )
     return Hold(POD_REASON, f"waiting for a warm pod of pool {pool} ({in_line} in line)")

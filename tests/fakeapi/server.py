@@ -150,6 +150,9 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
 
 
+_ABSENT = object()  # what a test op finds at a path that does not exist: never equal
+
+
 def json_patch(doc: JSON, ops: list[JSON]) -> JSON:
     """RFC 6902 add, remove, replace and test; a failed test is a 422 like the API server's."""
     doc = copy.deepcopy(doc)
@@ -161,7 +164,11 @@ def json_patch(doc: JSON, ops: list[JSON]) -> JSON:
         last = parts[-1]
         kind = op["op"]
         if kind == "test":
-            current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if isinstance(parent, list):
+                index = int(last)
+                current = parent[index] if 0 <= index < len(parent) else _ABSENT
+            else:
+                current = parent.get(last, _ABSENT)
             if current != op.get("value"):
                 raise status(422, "Invalid", f"test failed at {op['path']}")
         elif kind == "remove":

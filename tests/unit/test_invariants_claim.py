@@ -8,10 +8,12 @@ import pytest
 
 from codeexec import clock, podspec
 from codeexec.claim import Broker, Claimed, NoPodInTime
+from codeexec.controller import SWEEP_SECONDS
 from codeexec.podcache import PodCache
 from tests.fakeapi import vtime
 from tests.fakeapi.client import FakeKube
-from tests.fakeapi.operator import SANDBOX
+from tests.fakeapi.operator import SANDBOX, TENANT, Replica
+from tests.fakeapi.server import Call
 from tests.fakeapi.world import World
 
 
@@ -166,5 +168,43 @@ def test_a_pod_change_is_one_hand_out_however_many_wait() -> None:
         for task in waiters[1:]:
             task.cancel()
         await asyncio.gather(*waiters[1:], return_exceptions=True)
+
+    vtime.run(scenario)
+
+
+def _claim_write(call: Call) -> bool:
+    body = call.body if isinstance(call.body, dict) else {}
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return call.verb == "patch" and call.plural == "pods" and podspec.CLAIMED_BY_LABEL in labels
+
+
+def test_a_claim_cut_off_by_its_executions_deletion_never_keeps_its_pod() -> None:
+    """The execution is deleted while its claim is on its way: the claim lands, its answer
+    comes a second later and the pod watch lags, so when the deletion stops the road the
+    cache does not know the pod is claimed. The pod is still freed within seconds, and the
+    code never runs. (Kopf watches every execution here: the selective watch confirms a
+    deletion with a read 5 s on, and the road goes on meanwhile, freeing the pod itself.)
+
+    Caught: without the shielded write and the release once it is answered
+    (Executions._release_after, Broker.settled), the pod stayed claimed until the sweep,
+    60-120 s later, holding a place under maxSize and the namespace's cap meanwhile."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        w.api.selectable = {}  # a deletion reaches the road at once
+        op = Replica(w.api)
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 1)
+        w.api.lag["pods"] = 0.6
+        w.api.slow_answer(_claim_write, 1.0)
+        ex = w.submit(1, sleep=30.0)
+        name, uid = ex["metadata"]["name"], ex["metadata"]["uid"]
+        await vtime.until(lambda: any(_claim_write(c) for c in w.api.calls), what="claim sent")
+        w.api.delete("codeexecutions", TENANT, name)
+        assert w.claimed_live(uid), "the claim landed"
+        t0 = clock.monotonic()
+        await vtime.until(lambda: not w.claimed_live(uid), limit=120, what="the pod freed")
+        assert clock.monotonic() - t0 < SWEEP_SECONDS / 2
+        assert w.kubelet.started_for(uid) == []
 
     vtime.run(scenario)
