@@ -284,7 +284,8 @@ class Broker:
                 self.cache.pods.pop(name, None)
                 return
             raise
-        self.cache.apply("MODIFIED", body)
+        if name in self.cache.pods:  # else its deletion came through the watch meanwhile
+            self.cache.apply("MODIFIED", body)
 
 
 def _forget_write(

@@ -71,6 +71,9 @@ class ScaleTargets:
         self.pools = pools
         self.namespace = namespace
         self.handles: dict[str, dict[str, Any]] = {}
+        # The size last passed on to each pool: the pool in memory may not show it yet (its
+        # watch lags), and a second write asking for the old size back must not look done.
+        self._passed: dict[str, int] = {}
         self.synced = asyncio.Event()
         self.wake = asyncio.Event()
         # The handle shows `Pool.last_status`: woken when it is recorded, not only by the
@@ -149,6 +152,7 @@ class ScaleTargets:
                         resource_version=handle["metadata"]["resourceVersion"],
                     )
                 self.handles.pop(name, None)
+                self._passed.pop(name, None)
         for name, pool in wanted.items():
             held = self.handles.get(name)
             if held is None:
@@ -170,10 +174,11 @@ class ScaleTargets:
         status = handle.get("status") or {}
         if status.get("observedGeneration") != generation:
             asked = int((handle.get("spec") or {}).get("replicas") or 0)
-            if asked != pool.spec.size:
+            if asked != pool.spec.size or asked != self._passed.get(pool.name, asked):
                 # Once per generation: the pool's own scale subresource, bounds applied there.
                 size = {"spec": {"replicas": asked}}
                 await self.kube.patch(SANDBOX_POOLS, pool.name, size, sub="scale")
+                self._passed[pool.name] = asked
                 log.info("SandboxPool %s: size %d from its %s", pool.name, asked, KIND)
         want = handle_status(pool, generation)
         if {k: status.get(k) for k in want} != want:

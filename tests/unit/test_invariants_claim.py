@@ -13,7 +13,7 @@ from codeexec.podcache import PodCache
 from tests.fakeapi import vtime
 from tests.fakeapi.client import FakeKube
 from tests.fakeapi.operator import SANDBOX, TENANT, Replica
-from tests.fakeapi.server import Call
+from tests.fakeapi.server import Call, status
 from tests.fakeapi.world import World
 
 
@@ -206,5 +206,35 @@ def test_a_claim_cut_off_by_its_executions_deletion_never_keeps_its_pod() -> Non
         await vtime.until(lambda: not w.claimed_live(uid), limit=120, what="the pod freed")
         assert clock.monotonic() - t0 < SWEEP_SECONDS / 2
         assert w.kubelet.started_for(uid) == []
+
+    vtime.run(scenario)
+
+
+def test_a_lost_claims_second_look_never_brings_a_deleted_pod_back() -> None:
+    """A claim loses its pod (409); the look at the pod that follows is answered late, after
+    the pod was deleted and the watch said so. The cache holds no pod the API server has not.
+
+    Caught: applying the late answer regardless put the deleted pod back in the cache, as
+    warm, until the next full list (a claimed one would have held a namespace's slot)."""
+
+    async def scenario() -> None:
+        w = World(pool_size=1)
+        op = Replica(w.api)
+        rt = op.build()
+        await op.start()
+        await vtime.until(lambda: w.warm_ready() == 1)
+        [pod] = [p["metadata"]["name"] for p in w.pods()]
+        w.api.fail(_claim_write, status(409, "Conflict", "changed"), times=1)
+
+        def look(call: Call) -> bool:
+            return call.verb == "get" and call.plural == "pods" and call.name == pod
+
+        w.api.slow_answer(look, 2.0)
+        w.submit(1)
+        await vtime.until(lambda: any(look(c) for c in w.api.calls), what="the second look")
+        w.api.delete("pods", SANDBOX, pod)
+        await vtime.settle(5)
+        assert w.api.read("pods", SANDBOX, pod) is None
+        assert pod not in rt.cache.pods
 
     vtime.run(scenario)

@@ -184,3 +184,29 @@ def test_only_external_pools_have_a_handle() -> None:
         assert w.api.read(HANDLES, SANDBOX, "theirs") is not None
 
     vtime.run(scenario)
+
+
+def test_a_second_write_asking_for_the_old_size_back_is_not_lost_while_the_pool_watch_lags() -> (
+    None
+):
+    """An HPA scales up to 5, then, before the pool's watch has shown the 5, back to 2 (the
+    size the operator still has in memory): the pool ends at 2, each write passed on once.
+
+    Caught: comparing the handle with the pool in memory alone took the second write for
+    done; the pool stayed at 5 beside a handle asking for 2, with observedGeneration saying
+    it had been seen."""
+
+    async def scenario() -> None:
+        w, _op = await _external_pool_with_its_handle()
+        await vtime.until(lambda: w.warm_ready() == 2)
+        w.api.lag["sandboxpools"] = 0.5
+        _hpa_writes(w, 5)
+        await vtime.until(lambda: _forwards(w) == 1, what="the first write passed on")
+        _hpa_writes(w, 2)
+        await vtime.until(lambda: _caught_up(w) and _forwards(w) == 2, what="the second one")
+        await vtime.settle(30)
+        assert _pool(w)["spec"]["size"] == 2
+        assert _forwards(w) == 2
+        assert w.warm_ready() == 2
+
+    vtime.run(scenario)
