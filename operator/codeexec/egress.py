@@ -8,6 +8,7 @@ So the addresses are read again every REFRESH_SECONDS and the policies rewritten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +34,7 @@ class EgressPolicies:
         # What each pool's policy was last written as (None: no policy).
         self.applied: dict[str, dict[str, Any] | None] = {}
         self._lock = asyncio.Lock()
+        self._retry = asyncio.Event()  # a failed sync outside the loop: the loop tries at once
 
     async def cluster_addresses(self) -> list[str]:
         """Node addresses and the API server's endpoints (its Service IP is DNAT'd to them)."""
@@ -113,4 +115,17 @@ class EgressPolicies:
                 self.applied.clear()
                 await backoff.sleep(failures, base=1.0, cap=30.0)
                 continue
-            await asyncio.sleep(REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), REFRESH_SECONDS)
+            self._retry.clear()
+
+    async def pools_changed(self, pools: Mapping[str, SandboxPoolSpec]) -> None:
+        """A pool changed: its policy is written now. Were that refused, the loop above tries
+        again at once and then with its backoff, not a minute later; until then the pool's pods
+        have only the deny-all policy (closed, never open)."""
+        try:
+            await self.sync(pools)
+        except ApiError as err:
+            log.warning("egress policies after a pool changed: %s", err)
+            self.applied.clear()
+            self._retry.set()

@@ -262,13 +262,7 @@ async def cleanup(**_: Any) -> None:
 
 async def _pools_changed() -> None:
     STATE.scales.changed()
-    # A failure here is retried by the egress task within seconds; until then a new network
-    # pool's pods have only the deny-all policy (closed, never open).
-    try:
-        await STATE.egress.sync(_served_specs(STATE.rt.pools))
-    except ApiError as err:
-        log.warning("egress policies after a pool changed: %s", err)
-        STATE.egress.applied.clear()
+    await STATE.egress.pools_changed(_served_specs(STATE.rt.pools))
 
 
 @kopf.on.event(GROUP, VERSION, "codeexecutions")

@@ -1,12 +1,18 @@
-"""podspec.egress_policy: a network-enabled pool's NetworkPolicy never opens the cluster."""
+"""A network-enabled pool's NetworkPolicy never opens the cluster (podspec.egress_policy), and
+reaches the API server soon after its pool appears, a refused write included (egress)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
-from codeexec import podspec
+from codeexec import clock, podspec
 from codeexec.api.models import SandboxPoolSpec
+from codeexec.egress import REFRESH_SECONDS, EgressPolicies
+from tests.fakeapi import vtime
+from tests.fakeapi.client import FakeKube
+from tests.fakeapi.server import Call, FakeApi, status
 
 NODE = "192.0.2.2"  # the test bed's node: outside every private range
 
@@ -121,3 +127,33 @@ def test_who_may_use_a_pool_and_where_it_connects_do_not_replace_pods() -> None:
     base = podspec.template_hash(spec())
     assert podspec.template_hash(spec(tenants={"namespaces": ["a"]})) == base
     assert podspec.template_hash(spec(egress={"internet": False})) == base
+
+
+def test_a_refused_policy_write_after_a_pool_change_is_tried_again_within_seconds() -> None:
+    """A network pool appears and its policy's write is refused (a 500 from a busy API
+    server): the policy is there seconds later, not at the minute's refresh.
+
+    Caught: with pools_changed only clearing what was applied (no wake), the policy came at
+    the loop's next refresh, 60 s on."""
+
+    async def scenario() -> None:
+        api = FakeApi()
+        api.create("namespaces", "", {"metadata": {"name": "sbx"}})
+        api.create("nodes", "", {"metadata": {"name": "n"}, "status": {"addresses": []}})
+        egress = EgressPolicies(FakeKube(api, "op"), "sbx")
+        pools: dict[str, SandboxPoolSpec] = {}
+        asyncio.get_running_loop().create_task(egress.run(lambda: pools))
+        await vtime.settle(1)
+
+        def write(call: Call) -> bool:
+            return call.plural == "networkpolicies" and call.verb == "create"
+
+        api.fail(write, status(500, "InternalError", "etcd is busy"), times=1)
+        pools["net"] = spec()
+        t0 = clock.monotonic()
+        await egress.pools_changed(pools)
+        name = podspec.EGRESS_POLICY_PREFIX + "net"
+        await vtime.until(lambda: api.read("networkpolicies", "sbx", name) is not None)
+        assert clock.monotonic() - t0 < REFRESH_SECONDS / 4
+
+    vtime.run(scenario)
