@@ -147,15 +147,19 @@ class PodCache:
         self.synced = asyncio.Event()
         self._changed = asyncio.Event()
         self._listeners = Listeners("pod cache")
+        # While the listeners run: the pools whose pods the change touched (None: all of them,
+        # a new list).
+        self.touched: frozenset[str] | None = None
 
     def listen(self, listener: Callable[[], None]) -> None:
         """`listener` is called at each change, once however many tasks wait for one (the claim
         broker hands out pods there, not in each waiting execution)."""
         self._listeners.add(listener)
 
-    def notify(self) -> None:
+    def notify(self, touched: frozenset[str] | None = None) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        self.touched = touched
         self._listeners()
 
     async def wait_changed(self, timeout: float) -> None:
@@ -176,11 +180,13 @@ class PodCache:
 
     def apply(self, event_type: str, pod: dict[str, Any]) -> None:
         name = pod["metadata"]["name"]
+        labels = pod["metadata"].get("labels") or {}
+        old = self.pods.get(name)
+        touched = frozenset({labels.get(podspec.POOL_LABEL, ""), old.pool if old else ""})
         if event_type == "DELETED":
             self.pods.pop(name, None)
         else:
             new = view(pod)
-            old = self.pods.get(name)
             # Our own writes land here before the watch echoes them: never let a late event
             # roll a pod back to an older version (a claimed pod would look warm again).
             if (
@@ -190,7 +196,7 @@ class PodCache:
             ):
                 return
             self.pods[name] = new
-        self.notify()
+        self.notify(touched)
 
     async def run(self) -> None:
         """Follows the operator's sandbox pods (informer.follow): each list replaces the cache."""

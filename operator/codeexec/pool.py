@@ -84,6 +84,7 @@ class Pool:
     # Replacements held back until the run they replace has ended (refill.py).
     refill: Refill = field(default_factory=Refill)
     refill_due: float | None = None
+    gauges: tuple[Counts, int] | None = None  # as last set on the pool's metrics
 
     def target(self) -> int:
         return self.spec.size if self.desired is None else self.desired
@@ -112,6 +113,7 @@ class PoolManager:
         # Called once a pool's status is written and recorded (scaletarget.ScaleTargets): its
         # watch event may come back before the write's answer, when `last_status` is still old.
         self._reported = Listeners("pool report")
+        cache.listen(self._pods_changed)
         # Scale changes are Events on the SandboxPool, posted in the operator's own namespace
         # (a cluster-scoped object's Events would otherwise need rights in `default`).
         self.events = events
@@ -357,15 +359,18 @@ class PoolManager:
                 delay = max(0.05, min(delay, pool.report_due - clock.monotonic()))
             if pool.refill_due is not None:
                 delay = max(0.01, min(delay, pool.refill_due - clock.monotonic()))
-            wait_cache = asyncio.ensure_future(self.cache.wait_changed(delay))
-            wait_wake = asyncio.ensure_future(pool.wake.wait())
-            try:
-                await asyncio.wait(
-                    {wait_cache, wait_wake}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                wait_cache.cancel()
-                wait_wake.cancel()
+            # Woken by a change of its own pods (_pods_changed), its spec, its demand or a timer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pool.wake.wait(), delay)
+
+    def _pods_changed(self) -> None:
+        """The pod cache changed: wake the keepers of the pools whose pods it touched (each
+        keeper used to look at every change of every pool: with two pools, half of its
+        reconciles, 12-20 % of the operator's CPU in make bench, found nothing of its own)."""
+        touched = self.cache.touched
+        for name, pool in self.pools.items():
+            if touched is None or name in touched:
+                pool.wake.set()
 
     async def _reconcile(self, pool: Pool) -> None:
         now = clock.time()
@@ -507,13 +512,16 @@ class PoolManager:
             log.debug("pod %s changed since we looked; not deleting it", pod.name)
 
     async def _report(self, pool: Pool, counts: Counts) -> None:
-        metrics.POOL_READY.labels(pool.name).set(counts.ready)
-        metrics.POOL_WARMING.labels(pool.name).set(counts.warming)
-        metrics.POOL_CLAIMED.labels(pool.name).set(counts.claimed)
-        metrics.POOL_DESIRED.labels(pool.name).set(pool.target())
-        metrics.POOL_UNSCHEDULABLE.labels(pool.name).set(counts.unschedulable)
-        metrics.POOL_QUEUE_DEPTH.labels(pool.name).set(counts.queue)
-        metrics.POOL_IN_USE_RATIO.labels(pool.name).set(in_use_ratio(counts))
+        gauges = (counts, pool.target())
+        if gauges != pool.gauges:  # the keeper looks at each change of its pods: most move none
+            metrics.POOL_READY.labels(pool.name).set(counts.ready)
+            metrics.POOL_WARMING.labels(pool.name).set(counts.warming)
+            metrics.POOL_CLAIMED.labels(pool.name).set(counts.claimed)
+            metrics.POOL_DESIRED.labels(pool.name).set(pool.target())
+            metrics.POOL_UNSCHEDULABLE.labels(pool.name).set(counts.unschedulable)
+            metrics.POOL_QUEUE_DEPTH.labels(pool.name).set(counts.queue)
+            metrics.POOL_IN_USE_RATIO.labels(pool.name).set(in_use_ratio(counts))
+            pool.gauges = gauges
         status = {
             "ready": counts.ready,
             "warming": counts.warming,
@@ -531,6 +539,12 @@ class PoolManager:
         if status == pool.last_status:
             pool.report_due = None
             return
+        now = clock.monotonic()
+        if now - pool.last_report < STATUS_INTERVAL_SECONDS:
+            # Nothing may be written before then, news or not: the conditions (and their
+            # timestamps) are worked out when it may.
+            pool.report_due = pool.last_report + STATUS_INTERVAL_SECONDS
+            return
         unplaced = next(
             (p.unschedulable for p in self.cache.of_pool(pool.name) if p.unschedulable), None
         )
@@ -538,7 +552,6 @@ class PoolManager:
             pool.conditions,
             [ready_condition(pool, counts), schedulable_condition(pool, counts, unplaced)],
         )
-        now = clock.monotonic()
         interval = (
             STATUS_INTERVAL_SECONDS
             if news(pool.last_status, status, pool.conditions, conditions)

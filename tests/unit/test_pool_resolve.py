@@ -23,7 +23,7 @@ class FakeKube:
 
 
 def manager(kube: FakeKube, **pools: dict[str, Any]) -> PoolManager:
-    mgr = PoolManager(cast(Kube, kube), cast(PodCache, None), "sbx")
+    mgr = PoolManager(cast(Kube, kube), PodCache(cast(Kube, kube), "sbx"), "sbx")
     for name, spec in pools.items():
         mgr.pools[name] = Pool(
             name, SandboxPoolSpec.model_validate({"language": "python", "image": "i", **spec})
