@@ -185,11 +185,21 @@ def gvisor_pools(operator: OperatorProcess, cluster: Cluster) -> Iterator[dict[s
         pytest.skip("kind nodes have no gVisor runtime (README: enabling gVisor on kind)")
     found = cluster.kubectl("get", "runtimeclass", GVISOR, "-o", "name", check=False)
     assert found.returncode == 0, f"the test bed has no RuntimeClass {GVISOR}: {found.stderr}"
+    # A module hands these pools all its cases at once (45 in test_outcomes_e2e) and waits up
+    # to 600 s for them. A gVisor pod warms slowly (its imports go through the gofer): on a
+    # 2-vCPU AMD EPYC VM (2026-12-01) the last of them waited past the default 120 s queue
+    # timeout and ended PoolExhausted, which is what that timeout is for, not what is tested.
+    queue = {"queueTimeoutSeconds": 600}
     for pool in (
         pool_manifest(
-            GVISOR_POOLS["python"], "python", size=3, maxProcesses=16, runtimeClassName=GVISOR
+            GVISOR_POOLS["python"],
+            "python",
+            size=3,
+            maxProcesses=16,
+            runtimeClassName=GVISOR,
+            **queue,
         ),
-        pool_manifest(GVISOR_POOLS["nodejs"], "nodejs", size=2, runtimeClassName=GVISOR),
+        pool_manifest(GVISOR_POOLS["nodejs"], "nodejs", size=2, runtimeClassName=GVISOR, **queue),
     ):
         cluster.apply(pool)
     wait_for(lambda: pool_ready(cluster, GVISOR_POOLS["python"], 3), timeout=300, what="gVisor py")
