@@ -19,7 +19,7 @@ from typing import Any
 from codeexec import clock, fairness, metrics, podspec
 from codeexec.kube.client import PODS, ApiError, Kube
 from codeexec.kube.lease import Fence, unfenced
-from codeexec.podcache import PodCache, PodView, view
+from codeexec.podcache import PodCache, PodView, Touched, view
 from codeexec.status import timestamp
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ class Broker:
         cap = q.cap_of(fairness.holding(self.cache.of_pool(pool)), waiter.namespace)
         return fairness.hold(pool, cap, execution_uid, ahead, q.line.waiting())
 
-    def _pump_wanted(self) -> None:
+    def _pump_wanted(self, _touched: Touched) -> None:
+        # Every pool waited for, whatever the change touched: a pod of another pool going
+        # away may free a tenant's quota (fairness.hold) for a waiter here.
         for pool, template in list(self._wanted):
             self._pump(pool, template)
 

@@ -8,7 +8,6 @@ API server, so a stale entry can cost a retry but never a double claim.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,10 +16,13 @@ from typing import Any
 
 from codeexec import informer, podspec
 from codeexec.kube.client import PODS, Kube, older
-from codeexec.listeners import Listeners
+from codeexec.listeners import Listeners, Pulse
 from codeexec.outcomes import Terminated
 
 log = logging.getLogger(__name__)
+
+# The pools whose pods a change touched; None for all of them (a new list).
+Touched = frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -145,26 +147,21 @@ class PodCache:
         self.namespace = namespace
         self.pods: dict[str, PodView] = {}
         self.synced = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._listeners = Listeners("pod cache")
-        # While the listeners run: the pools whose pods the change touched (None: all of them,
-        # a new list).
-        self.touched: frozenset[str] | None = None
+        self._changed = Pulse()
+        self._listeners: Listeners[Touched] = Listeners("pod cache")
 
-    def listen(self, listener: Callable[[], None]) -> None:
-        """`listener` is called at each change, once however many tasks wait for one (the claim
-        broker hands out pods there, not in each waiting execution)."""
+    def listen(self, listener: Callable[[Touched], None]) -> None:
+        """`listener` is called at each change with the pools whose pods it touched, once however
+        many tasks wait for one (the claim broker hands out pods there, not in each waiting
+        execution)."""
         self._listeners.add(listener)
 
-    def notify(self, touched: frozenset[str] | None = None) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-        self.touched = touched
-        self._listeners()
+    def notify(self, touched: Touched = None) -> None:
+        self._changed.fire()
+        self._listeners(touched)
 
     async def wait_changed(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        await self._changed.wait(timeout)
 
     def of_pool(self, pool: str) -> Iterable[PodView]:
         return (p for p in self.pods.values() if p.pool == pool)

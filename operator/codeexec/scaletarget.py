@@ -81,8 +81,8 @@ class ScaleTargets:
         # at 1 beside a pool of 2).
         pools.on_report(self.changed)
 
-    def changed(self) -> None:
-        """A pool changed (its spec, or the status it reported)."""
+    def changed(self, _pool: str = "") -> None:
+        """A pool changed (its spec, or the status it reported): every handle is looked at."""
         self.wake.set()
 
     async def run(self) -> None:

@@ -82,14 +82,14 @@ def test_a_failing_listener_neither_stops_the_cache_nor_the_other_listeners() ->
     Caught: with the listeners called without the guard, the first one's error stopped the
     change before the claim broker's hand-out ran."""
     cache = PodCache(None, "sandbox")  # type: ignore[arg-type]  # no API call here
-    heard: list[str] = []
+    heard: list[object] = []
 
-    def broken() -> None:
+    def broken(_touched: object) -> None:
         heard.append("broken")
         raise RuntimeError("a bug in another room")
 
     cache.listen(broken)
-    cache.listen(lambda: heard.append("broker"))
+    cache.listen(lambda touched: heard.append(touched))
+    cache.notify(frozenset({"py"}))
     cache.notify()
-    cache.notify()
-    assert heard == ["broken", "broker", "broken", "broker"]
+    assert heard == ["broken", frozenset({"py"}), "broken", None]
