@@ -19,13 +19,18 @@ Recording = tuple[subprocess.Popen[bytes], Path]
 
 
 def start(pid: int, label: str) -> Recording | None:
-    """py-spy recording `pid` at 100 Hz into bench/profile-LABEL.txt.tmp; None without py-spy."""
+    """py-spy recording `pid` at 100 Hz into bench/profile-LABEL.txt.tmp; None without py-spy.
+
+    Only samples of the thread holding the GIL (`--gil`): what the operator computes. Without
+    it a thread woken by epoll counts as busy while it waits in the run queue for a CPU, which
+    on a busy 2-CPU machine was 22-31 % of the samples (all in `EpollSelector.select`).
+    """
     exe = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
     if not Path(exe).exists():
         log.warning("py-spy not installed: no profile")
         return None
     out = BENCH_DIR / f"profile-{label}.txt.tmp"
-    command = [exe, "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
+    command = [exe, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--gil"]
     proc = subprocess.Popen(
         [*command, "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL,
@@ -131,6 +136,7 @@ def summarize(path: Path, top: int = 12) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "gil_only": True,
         "file": str(path.relative_to(BENCH_DIR.parent))
         if path.is_relative_to(BENCH_DIR.parent)
         else str(path),

@@ -49,7 +49,7 @@ async def release_claim(kube: Kube, namespace: str, name: str) -> None:
         {"op": "remove", "path": "/metadata/finalizers/0"},
     ]
     try:
-        await kube.patch(PODS, name, ops, namespace, patch_type="json")
+        await kube.patch(PODS, name, ops, namespace, patch_type="json", answer=False)
     except ApiError as err:
         # 404: gone already; 422: the test failed, the finalizer is not (or no longer) there.
         if not (err.not_found or err.status == 422):

@@ -87,6 +87,7 @@ class FakeKube(Kube):
         content_type: str = "application/json",
         timeout: float = 30.0,
         verb: str | None = None,
+        answer: bool = True,
     ) -> JSON:
         plural, ns, name, sub = split(path)
         # The body crosses a wire: the server never shares objects with its clients.
@@ -125,7 +126,7 @@ class FakeKube(Kube):
         else:
             raise ApiError(405, {"message": f"{method} is not served by the fake"})
         await api.after(call)
-        return copy.deepcopy(out)
+        return copy.deepcopy(out) if answer else {}
 
     async def watch(
         self,

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from codeexec.kube import attach as attach_mod
-from codeexec.kube.client import PODS, TLS_READ_BUFFER, Kube, small_tls_buffers
+from codeexec.kube.client import PODS, TLS_READ_BUFFER, ApiError, Kube, small_tls_buffers
 from codeexec.kube.config import Connection
 
 
@@ -124,3 +124,36 @@ async def test_the_environments_proxy_is_read_once_and_still_used(
     finally:
         await api_runner.cleanup()
         await proxy_runner.cleanup()
+
+
+async def test_an_answer_nobody_reads_is_not_decoded_but_an_error_still_is() -> None:
+    """A release patch's and a delete's answer (a whole pod) is read off the wire, not decoded;
+    a refusal still comes back as an ApiError with the server's message, and the connection
+    serves the next call (pool of 1, over real sockets).
+    Caught: with the answer decoded, the 200's body came back as `{"message": ...}`."""
+    peers: list[object] = []
+
+    async def delete_pod(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        if request.match_info["name"] == "held":
+            return web.json_response(
+                {"kind": "Status", "message": "held by a precondition"}, status=409
+            )
+        return web.Response(text="not json: a pod nobody reads", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_delete("/api/v1/namespaces/ns/pods/{name}", delete_pod)
+    runner, port = await _serve(app)
+    conn = Connection(server=f"http://127.0.0.1:{port}", ssl_context=ssl.create_default_context())
+    kube = Kube(conn, pool_size=1)
+    try:
+        answer = await kube.request("DELETE", PODS.path("ns", "p"), answer=False)
+        assert answer == {}
+        with pytest.raises(ApiError) as refused:
+            await asyncio.wait_for(kube.delete(PODS, "held", "ns", missing_ok=True), 20)
+        assert refused.value.status == 409
+        assert refused.value.body["message"] == "held by a precondition"
+        assert len(peers) == 2 and peers[0] == peers[1]  # one connection, read to its end
+    finally:
+        await kube.close()
+        await runner.cleanup()

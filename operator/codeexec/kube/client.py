@@ -225,7 +225,11 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30.0,
         verb: str | None = None,
+        answer: bool = True,
     ) -> JSON:
+        """The decoded answer; with `answer=False` a success comes back as `{}` undecoded (a
+        pod's answer is ~7 KB of JSON, ~0.25 ms to decode on a slow 2-vCPU machine, for a release
+        or a delete whose caller never reads it). Errors are always decoded."""
         verb = verb or _VERBS.get(method, method.lower())
         data = None if body is None else json.dumps(body)
         for attempt in (1, 2):
@@ -241,8 +245,11 @@ class Kube:
                     **self.tls,
                 ) as resp:
                     self.observe(verb, str(resp.status))
-                    text = await resp.text()
                     status = resp.status
+                    if status < 400 and not answer:
+                        await resp.read()
+                        return {}
+                    text = await resp.text()
             except (aiohttp.ClientError, TimeoutError):
                 self.observe(verb, "error")
                 raise
@@ -326,12 +333,14 @@ class Kube:
         *,
         sub: str = "",
         patch_type: PatchType = "merge",
+        answer: bool = True,
     ) -> JSON:
         return await self.request(
             "PATCH",
             res.path(namespace, name, sub),
             body=body,
             content_type=_PATCH_CONTENT_TYPES[patch_type],
+            answer=answer,
         )
 
     async def patch_status(
@@ -367,7 +376,7 @@ class Kube:
         if resource_version is not None:
             body["preconditions"] = {"resourceVersion": resource_version}
         try:
-            await self.request("DELETE", res.path(namespace, name), body=body or None)
+            await self.request("DELETE", res.path(namespace, name), body=body or None, answer=False)
         except ApiError as err:
             if not (missing_ok and err.not_found):
                 raise
