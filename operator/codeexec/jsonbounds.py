@@ -16,7 +16,16 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from typing import Any
+
+_fast: Callable[[str | bytes | bytearray], Any] | None
+try:  # a speed-up only (the operator's image has it; the CLI may not): see `loads(typed=True)`
+    import orjson
+
+    _fast = orjson.loads
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _fast = None
 
 # Where decoding cuts. Python's recursion limit is 1,000 frames; deepcopy takes ~2 per level and
 # Kopf runs a handler ~100 frames deep, so 128 leaves a wide margin. It is above every
@@ -105,14 +114,31 @@ def _cut(text: str, max_depth: int) -> str:
 
 
 def loads(
-    data: str | bytes | bytearray, *, max_depth: int = MAX_DECODE_DEPTH, **options: Any
+    data: str | bytes | bytearray,
+    *,
+    max_depth: int = MAX_DECODE_DEPTH,
+    typed: bool = False,
+    **options: Any,
 ) -> Any:
     """`json.loads` that never recurses past `max_depth`: deeper subtrees become TOO_DEEP.
 
     Raises ValueError (json.JSONDecodeError) for text that is not JSON, like json.loads;
     `options` go to json.loads (e.g. parse_constant).
+
+    `typed`: an object of one of Kubernetes' own kinds (a pod), whose numbers are int32/int64
+    and whose text is UTF-8 (the API server refuses anything else). Such a document is read by
+    orjson, ~3x faster (a 3.6 KB pod event: 8.6 against 25.5 us), into the same values; anything
+    orjson refuses goes the standard way. Never for a custom resource: Go writes a float64
+    below 1e21 without exponent (`100000000000000000000`), which json reads as an int and
+    orjson as a float, and `spec.arguments` must come back exactly. The depth bound holds
+    either way (orjson's own is 1,024 levels).
     """
     too_deep = text_depth(data, stop_above=max_depth) > max_depth
+    if typed and not too_deep and not options and _fast is not None:
+        try:
+            return _fast(data)
+        except ValueError:  # orjson.JSONDecodeError: let the standard decoder read it or say why
+            pass
     text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
     if too_deep:
         text = _cut(text, max_depth)

@@ -198,3 +198,57 @@ async def test_an_over_deep_gateway_request_is_answered_at_once_without_a_slot()
         assert "64 levels" in (await resp.json())["detail"][0]["msg"]
         assert backend.calls == 1 and client.app[GATEWAY].gate.in_flight == 1
         held.cancel()
+
+
+def _exactly(value: Any) -> str:
+    """A value's repr, which tells 1 from 1.0 and -0.0 from 0.0 (== does not)."""
+    return repr(value)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_pod_event_reads_the_same_through_the_fast_decoder(seed: int) -> None:
+    """`typed=True` (pods, events: the core group's kinds) reads through orjson; whatever it
+    reads must equal the standard decoder's value, types included, and whatever orjson refuses
+    (a lone surrogate, NaN, a number past 64 bits) must still decode the standard way.
+    caught: with the fallback removed, `"\\ud800"` raised instead of decoding."""
+    used = 0
+    fast = jsonbounds._fast
+    assert fast is not None
+
+    def counting(data: Any) -> Any:
+        nonlocal used
+        used += 1
+        return fast(data)
+
+    rnd = random.Random(seed)
+    docs = [json.dumps(_nasty_document(rnd), ensure_ascii=rnd.random() < 0.5) for _ in range(300)]
+    docs += [
+        '{"a":"\\ud800","b":1}',  # a lone surrogate: orjson refuses it
+        "[NaN, Infinity]",
+        # int64's ends: every number of a core kind is an int32 or int64 (no float field);
+        # past them orjson would read a float where json reads an int, hence `typed` only.
+        "[9223372036854775807, -9223372036854775808, 0, 4294967295]",
+        '{"exitCode": 137, "n": -0.0, "f": 1.0, "e": 1E2, "s": "\\u00e9\\"[{"}',
+        '{"k":1,"k":2}',
+    ]
+    original = jsonbounds._fast
+    jsonbounds._fast = counting
+    try:
+        for text in docs:
+            want = _exactly(jsonbounds.loads(text))
+            assert _exactly(jsonbounds.loads(text, typed=True)) == want, text
+            data = text.encode("utf-8", "surrogatepass")
+            if b"\xed\xa0" not in data:  # bytes with a surrogate are not UTF-8 at all
+                assert _exactly(jsonbounds.loads(data, typed=True)) == want, text
+    finally:
+        jsonbounds._fast = original
+    assert used >= len(docs)  # the fast decoder did read them
+
+
+def test_a_too_deep_pod_event_is_cut_by_the_fast_decoder_too() -> None:
+    """orjson's own bound is 1,024 levels; ours (MAX_DECODE_DEPTH) must hold on the fast way.
+    caught: with the depth check skipped for typed documents, 200 levels decoded uncut."""
+    assert jsonbounds._fast is not None  # installed with the operator extra
+    text = json.dumps({"metadata": {"managedFields": nested_value(200)}})
+    value = jsonbounds.loads(text, typed=True)
+    assert jsonbounds.depth(value) == jsonbounds.MAX_DECODE_DEPTH
