@@ -13,6 +13,10 @@ our cluster does not enable) and without mixing in other clients on the same clu
 growth, tracemalloc's largest allocation sites (`BENCH_MEMORY_TRACE_FRAMES` frames deep,
 default 1) are appended to FILE. It slows the operator several times over: for finding a
 leak, not for any figure.
+
+`BENCH_DECODE_TRACE=FILE` writes, every 10 s, how many JSON documents and bytes the operator
+decoded (`jsonbounds.loads`, Kopf's included) by the function that asked: what the decoder's
+share of a profile is spent on.
 """
 
 from __future__ import annotations
@@ -115,8 +119,45 @@ def trace_memory(path: str, frames: int) -> None:
     threading.Thread(target=watch, name="memory-trace", daemon=True).start()
 
 
+def trace_decodes(path: str) -> None:
+    """Counts `jsonbounds.loads` calls and bytes by their caller, rewritten to `path` every 10 s."""
+    import sys
+    from collections import Counter as Tally
+
+    from codeexec import jsonbounds
+
+    calls: Tally[str] = Tally()
+    sizes: Tally[str] = Tally()
+    loads = jsonbounds.loads
+
+    def counted(data: Any, **kwargs: Any) -> Any:
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_code.co_filename.endswith(
+            ("kopfjson.py", "aiohttp/client_reqrep.py", "json/__init__.py")
+        ):
+            frame = frame.f_back
+        where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_code.co_name}"
+        calls[where] += 1
+        sizes[where] += len(data)
+        return loads(data, **kwargs)
+
+    jsonbounds.loads = counted
+
+    def write() -> None:
+        while True:
+            time.sleep(10.0)
+            with open(path, "w") as out:
+                for where, n in sizes.most_common():
+                    out.write(f"{n:12d} bytes {calls[where]:8d} documents  {where}\n")
+
+    threading.Thread(target=write, name="decode-trace", daemon=True).start()
+
+
 def main() -> None:
     install()
+    decodes = os.environ.get("BENCH_DECODE_TRACE")
+    if decodes:
+        trace_decodes(decodes)
     trace = os.environ.get("BENCH_MEMORY_TRACE")
     if trace:
         trace_memory(trace, int(os.environ.get("BENCH_MEMORY_TRACE_FRAMES") or 1))
