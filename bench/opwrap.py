@@ -16,7 +16,9 @@ leak, not for any figure.
 
 `BENCH_DECODE_TRACE=FILE` writes, every 10 s, how many JSON documents and bytes the operator
 decoded (`jsonbounds.loads`, Kopf's included) by the function that asked: what the decoder's
-share of a profile is spent on.
+share of a profile is spent on. `BENCH_GC_TRACE=FILE` writes, every 10 s, the collections of
+Python's cyclic garbage collector by generation, their count, total and longest time and what
+each generation had pending.
 """
 
 from __future__ import annotations
@@ -153,8 +155,46 @@ def trace_decodes(path: str) -> None:
     threading.Thread(target=write, name="decode-trace", daemon=True).start()
 
 
+def trace_gc(path: str) -> None:
+    """Times every collection (gc.callbacks), rewritten to `path` every 10 s."""
+    import gc
+
+    started: list[float] = [0.0]
+    count = [0, 0, 0]
+    total = [0.0, 0.0, 0.0]
+    longest = [0.0, 0.0, 0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        gen = int(info.get("generation", 0))
+        spent = time.perf_counter() - started[0]
+        count[gen] += 1
+        total[gen] += spent
+        longest[gen] = max(longest[gen], spent)
+
+    gc.callbacks.append(callback)
+
+    def write() -> None:
+        while True:
+            time.sleep(10.0)
+            counts = gc.get_count()
+            with open(path, "w") as out:
+                for gen in range(3):
+                    out.write(
+                        f"gen{gen}: {count[gen]} collections, {1000 * total[gen]:.1f} ms, "
+                        f"longest {1000 * longest[gen]:.2f} ms, pending {counts[gen]}\n"
+                    )
+
+    threading.Thread(target=write, name="gc-trace", daemon=True).start()
+
+
 def main() -> None:
     install()
+    gc_trace = os.environ.get("BENCH_GC_TRACE")
+    if gc_trace:
+        trace_gc(gc_trace)
     decodes = os.environ.get("BENCH_DECODE_TRACE")
     if decodes:
         trace_decodes(decodes)
