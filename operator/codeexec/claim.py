@@ -201,6 +201,7 @@ class Broker:
         fut = waiter.future
         if not fut.done():
             fut.cancel()
+            q.line.changed()  # it is no longer counted in line
         elif not fut.cancelled() and fut.exception() is None:
             q.reserved.pop(fut.result().name, None)
 

@@ -12,6 +12,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from codeexec.podcache import PodView
@@ -29,23 +30,52 @@ class _Entry(Generic[T]):
     item: T = field(compare=False)
 
 
+# A line's order as plain tuples: sorted by them, pairs compare in C instead of through the
+# dataclass's generated `__lt__`.
+_ORDER = attrgetter("created", "seq")
+
+
+@dataclass
+class _Census(Generic[T]):
+    """The counts of a queue as of one version: live items in all, by namespace, and for each
+    item (by identity) the live items of its namespace before it."""
+
+    version: int
+    total: int
+    by_namespace: dict[str, int]
+    ahead: dict[int, tuple[T, str, int]]
+
+
 class FairQueue(Generic[T]):
     """The waiters of one pool: one line per namespace, ordered by creation (then arrival);
     the namespaces take turns, one pod per turn. A namespace that arrives joins the end of the
     turn order, so one that queued a thousand executions delays a newcomer by one pod, not a
     thousand. `live` says whether an item still waits (the broker's waiters are dropped lazily:
-    a cancelled one stays until its line is next looked at)."""
+    a cancelled one stays until its line is next looked at); whoever makes an item stop being
+    live while it is in line calls `changed`.
+
+    The counts (`waiting`, `waiting_by_namespace`, `ahead`) come from a census taken once per
+    change of the queue: every waiting execution asks for its place every few seconds, and
+    counting the whole line for each made N waiters cost N * N looks (400 waiting in one
+    namespace: 48,240 `live` calls per second on the fake API server)."""
 
     def __init__(self, live: Callable[[T], bool]) -> None:
         self._live = live
         self._lines: dict[str, list[_Entry[T]]] = {}
         self._turns: OrderedDict[str, None] = OrderedDict()
+        self._version = 0
+        self._census: _Census[T] | None = None
+
+    def changed(self) -> None:
+        """An item in line stopped being live (its waiter gave up): count again."""
+        self._version += 1
 
     def push(self, namespace: str, created: float, seq: int, item: T) -> None:
         line = self._lines.setdefault(namespace, [])
         heapq.heappush(line, _Entry(created, seq, item))
         if namespace not in self._turns:
             self._turns[namespace] = None
+        self._version += 1
 
     def give_back(self, namespace: str, created: float, seq: int, item: T) -> None:
         """An item whose pod was lost to another claimer: back at the head of its line, and its
@@ -61,6 +91,7 @@ class FairQueue(Generic[T]):
             if not line or not admit(namespace, line[0].item):
                 continue
             entry = heapq.heappop(line)
+            self._version += 1
             self._turns.move_to_end(namespace)
             if not line:
                 self._drop(namespace)
@@ -68,19 +99,35 @@ class FairQueue(Generic[T]):
         return None
 
     def waiting(self) -> int:
-        return sum(1 for line in self._lines.values() for e in line if self._live(e.item))
+        return self._count().total
 
     def waiting_by_namespace(self) -> dict[str, int]:
-        found = {ns: sum(1 for e in line if self._live(e.item)) for ns, line in self._lines.items()}
-        return {ns: n for ns, n in found.items() if n}
+        return dict(self._count().by_namespace)
 
     def ahead(self, namespace: str, item: T) -> int | None:
         """Live waiters of `namespace` in line before `item`; None when it is not in line."""
-        line = self._lines.get(namespace, [])
-        mine = next((e for e in line if e.item is item), None)
-        if mine is None:
+        found = self._count().ahead.get(id(item))
+        if found is None or found[0] is not item or found[1] != namespace:
             return None
-        return sum(1 for e in line if e < mine and self._live(e.item))
+        return found[2]
+
+    def _count(self) -> _Census[T]:
+        """The census of this version: each line sorted once, O(n log n) per change."""
+        census = self._census
+        if census is not None and census.version == self._version:
+            return census
+        by_namespace: dict[str, int] = {}
+        ahead: dict[int, tuple[T, str, int]] = {}
+        for namespace, line in self._lines.items():
+            live = 0
+            for entry in sorted(line, key=_ORDER):
+                ahead[id(entry.item)] = (entry.item, namespace, live)
+                live += self._live(entry.item)
+            if live:
+                by_namespace[namespace] = live
+        census = _Census(self._version, sum(by_namespace.values()), by_namespace, ahead)
+        self._census = census
+        return census
 
     def namespaces(self) -> list[str]:
         """In turn order (for tests and the status)."""
@@ -90,11 +137,13 @@ class FairQueue(Generic[T]):
         line = self._lines.get(namespace, [])
         while line and not self._live(line[0].item):
             heapq.heappop(line)
+            self._version += 1
         if not line:
             self._drop(namespace)
         return line
 
     def _drop(self, namespace: str) -> None:
+        self._version += 1
         self._lines.pop(namespace, None)
         self._turns.pop(namespace, None)
 

@@ -111,6 +111,26 @@ def test_ahead_counts_only_live_waiters_of_the_same_namespace() -> None:
     assert q.ahead("b", ws[0]) is None
 
 
+def test_the_counts_follow_every_change_of_the_line() -> None:
+    """The counts come from a census taken once per change: a push, a pop, a waiter given back,
+    or `changed()` from whoever made a waiter give up.
+    caught: with `changed()` not counting again, the gone waiter was still counted (3, not 2)."""
+    q = _queue()
+    ws = [W(f"a{i}") for i in range(3)]
+    for i, w in enumerate(ws):
+        q.push("a", float(i), i, w)
+    assert (q.waiting(), q.ahead("a", ws[2])) == (3, 2)
+    ws[1].alive = False
+    q.changed()
+    assert (q.waiting(), q.ahead("a", ws[2])) == (2, 1)
+    assert q.pop() is ws[0]
+    assert (q.waiting(), q.ahead("a", ws[2]), q.ahead("a", ws[0])) == (1, 0, None)
+    q.give_back("a", 0.0, 0, ws[0])
+    assert (q.waiting(), q.ahead("a", ws[2]), q.waiting_by_namespace()) == (2, 1, {"a": 2})
+    q.push("b", 5.0, 5, W("b0"))
+    assert q.waiting_by_namespace() == {"a": 2, "b": 1}
+
+
 # --- counting what a namespace runs, from the claimed pods -----------------------------------
 
 BASE = PodView(
